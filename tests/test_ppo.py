@@ -1,0 +1,292 @@
+"""PPO: the pure pieces against hand-computed numbers, then short runs on a tiny random model."""
+import json
+import math
+import string
+
+import pytest
+import torch
+
+from zj_utils.ppo import (
+    KLController, LOG_KEYS, PPOConfig, Rollout, ValueHead, compute_gae, compute_logprobs,
+    compute_rewards, entropy_from_logits, generate_rollouts, kl_penalty, masked_mean,
+    masked_whiten, policy_loss, score_responses, train_ppo, value_loss,
+)
+
+
+# --------------------------------------------------------------------------- pure functions
+
+def test_masked_mean():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 5.0]])
+    m = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert masked_mean(x, m).item() == pytest.approx(15 / 5)
+    assert masked_mean(x, m, dim=1).tolist() == pytest.approx([1.5, 4.0])
+
+
+def test_gae_three_tokens_by_hand():
+    # gamma = 0.9, lam = 0.5, r = [0, 0, 1], V = [0.5, 0.6, 0.7], V after the end = 0
+    r = torch.tensor([[0.0, 0.0, 1.0]])
+    v = torch.tensor([[0.5, 0.6, 0.7]])
+    m = torch.ones(1, 3)
+    adv, ret = compute_gae(r, v, m, gamma=0.9, lam=0.5)
+    d2 = 1.0 + 0.9 * 0.0 - 0.7          # 0.3
+    d1 = 0.0 + 0.9 * 0.7 - 0.6          # 0.03
+    d0 = 0.0 + 0.9 * 0.6 - 0.5          # 0.04
+    a2 = d2                              # 0.3
+    a1 = d1 + 0.45 * a2                  # 0.165
+    a0 = d0 + 0.45 * a1                  # 0.11425
+    assert adv[0].tolist() == pytest.approx([a0, a1, a2])
+    assert ret[0].tolist() == pytest.approx([a0 + 0.5, a1 + 0.6, a2 + 0.7])
+    assert adv[0].tolist() == pytest.approx([0.11425, 0.165, 0.3])
+
+
+def test_gae_padding_after_eos_contributes_nothing():
+    # row 0 has 2 real tokens then padding with junk rewards/values; it must equal the
+    # 2-token problem alone (gamma = lam = 1: A_t = sum of future rewards - V_t)
+    r = torch.tensor([[0.0, 2.0, 9.0, 9.0], [1.0, 0.0, 0.0, 3.0]])
+    v = torch.tensor([[0.5, 1.0, 7.0, 7.0], [0.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    adv, ret = compute_gae(r, v, m, gamma=1.0, lam=1.0)
+    assert adv[0].tolist() == pytest.approx([2.0 - 0.5, 2.0 - 1.0, 0.0, 0.0])
+    assert ret[0].tolist() == pytest.approx([2.0, 2.0, 0.0, 0.0])
+    assert adv[1].tolist() == pytest.approx([4.0, 3.0, 3.0, 3.0])
+    alone, _ = compute_gae(r[:1, :2], v[:1, :2], torch.ones(1, 2), 1.0, 1.0)
+    assert adv[0, :2].tolist() == pytest.approx(alone[0].tolist())
+
+
+def test_whitening():
+    x = torch.tensor([[1.0, 2.0, 3.0, 50.0], [4.0, 5.0, -7.0, -7.0]])
+    m = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    w = masked_whiten(x, m)
+    sel = w[m.bool()]
+    assert sel.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert sel.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
+    assert w[~m.bool()].tolist() == [50.0, -7.0, -7.0]  # padding untouched
+    # values 1..5: mean 3, population std sqrt(2)
+    assert sel.tolist() == pytest.approx([(v - 3) / math.sqrt(2) for v in [1, 2, 3, 4, 5]], abs=1e-5)
+    keep = masked_whiten(x, m, shift_mean=False)[m.bool()]
+    assert keep.mean().item() == pytest.approx(3.0, abs=1e-5)
+
+
+def test_kl_estimators_by_hand():
+    logp = torch.tensor([-1.0, -2.0, -0.5])
+    ref = torch.tensor([-1.5, -1.0, -0.5])
+    assert kl_penalty(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0, 0.0])
+    # k3 = (r - 1) - log r with r = exp(ref - logp)
+    want = [(math.exp(-0.5) - 1) + 0.5, (math.e - 1) - 1.0, 0.0]
+    assert kl_penalty(logp, ref, "k3").tolist() == pytest.approx(want, abs=1e-6)
+    assert (kl_penalty(logp, ref, "k3") >= 0).all()
+    with pytest.raises(ValueError):
+        kl_penalty(logp, ref, "k2")
+
+
+def test_policy_loss_clipping():
+    eps = 0.2
+    old = torch.zeros(1, 3)
+    # ratios 1.5 (A>0: clipped at 1.2), 1.1 (inside), 0.5 (A>0: not clipped, the min is taken)
+    new = torch.log(torch.tensor([[1.5, 1.1, 0.5]]))
+    adv = torch.tensor([[1.0, 1.0, 1.0]])
+    m = torch.ones(1, 3)
+    loss, clipfrac, approx_kl = policy_loss(new, old, adv, m, eps)
+    assert loss.item() == pytest.approx(-(1.2 + 1.1 + 0.5) / 3)
+    assert clipfrac.item() == pytest.approx(1 / 3)
+    assert approx_kl.item() == pytest.approx(0.5 * sum(math.log(r) ** 2 for r in [1.5, 1.1, 0.5]) / 3)
+    # the clipped token gives no gradient; masked tokens neither
+    new = new.clone().requires_grad_(True)
+    loss, _, _ = policy_loss(new, old, adv, torch.tensor([[1, 1, 0]]), eps)
+    loss.backward()
+    assert new.grad[0, 0].item() == 0.0 and new.grad[0, 2].item() == 0.0
+    assert new.grad[0, 1].item() == pytest.approx(-1.1 / 2)
+    # negative advantage and ratio below 1 - eps: clipped at 0.8
+    loss, clipfrac, _ = policy_loss(torch.log(torch.tensor([[0.5]])), torch.zeros(1, 1),
+                                    torch.tensor([[-2.0]]), torch.ones(1, 1), eps)
+    assert loss.item() == pytest.approx(2.0 * 0.8) and clipfrac.item() == 1.0
+
+
+def test_value_loss_clipping():
+    old = torch.tensor([[0.0, 0.0]])
+    new = torch.tensor([[1.0, 0.1]])
+    ret = torch.tensor([[1.0, 1.0]])
+    loss, clipfrac = value_loss(new, old, ret, torch.ones(1, 2), 0.2)
+    # token 0: unclipped error 0, clipped value 0.2 -> error 0.64: the max is 0.64 (clipped)
+    # token 1: inside the clip range, error 0.81
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81) / 2)
+    assert clipfrac.item() == pytest.approx(0.5)
+
+
+def test_entropy_and_kl_controller():
+    assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
+    fixed = KLController(0.1)
+    fixed.update(100.0, 16)
+    assert fixed.value == 0.1
+    ada = KLController(0.1, adaptive=True, target=6.0, horizon=100)
+    ada.update(12.0, 10)  # error clipped at +0.2: 0.1 * (1 + 0.2 * 10 / 100)
+    assert ada.value == pytest.approx(0.102)
+    ada.update(3.0, 10)   # error -0.5 clipped at -0.2
+    assert ada.value == pytest.approx(0.102 * 0.98)
+
+
+def test_compute_rewards_puts_score_on_last_token():
+    logp = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-2.0, -1.0, -1.0], [-1.5, -1.0, -1.0]])
+    m = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    rewards, kl = compute_rewards(torch.tensor([2.0, 3.0]), logp, ref, m, kl_coef=0.1)
+    assert rewards.flatten().tolist() == pytest.approx([-0.1, 0.0, 2.0, -0.05 + 3.0, 0.0, 0.0])
+    assert kl.sum(1).tolist() == pytest.approx([1.0, 0.5])
+
+
+# --------------------------------------------------------------------------- tiny models
+
+CHARS = list(string.ascii_lowercase + " :\n")
+SPECIAL = ["<pad>", "<s>", "</s>", "<human>", "<bot>"]
+TEMPLATE = ("{% for m in messages %}{% if m['role']=='user' %}<human>:{{ m['content'] }}\n"
+            "{% else %}<bot>:{{ m['content'] }}</s>\n{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}<bot>:{% endif %}")
+
+
+def make_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(SPECIAL)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                 pad_token="<pad>", additional_special_tokens=["<human>", "<bot>"])
+    hf.chat_template = TEMPLATE
+    return hf
+
+
+def tiny_config(tok, **kw):
+    from transformers import LlamaConfig
+    kw = {"hidden_size": 32, "intermediate_size": 64, **kw}
+    return LlamaConfig(vocab_size=len(tok), num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, tie_word_embeddings=False, **kw)
+
+
+def make_policy(tok, seed=0, r=8):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(seed)
+    # a wider init than HF's 0.02: logits of a 0.02-init model are nearly uniform and, with the
+    # output layer outside LoRA, stay too flat for PPO to move in a few steps
+    base = LlamaForCausalLM(tiny_config(tok, initializer_range=0.2)).eval()
+    return get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
+                                           target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def make_counting_rm(tok, target_char="a"):
+    """A reward 'model' with the real class and call shape whose score is the number of
+    `target_char` tokens in prompt + response: easy for PPO to raise."""
+    from transformers import LlamaForSequenceClassification
+    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+    target = tok.convert_tokens_to_ids(target_char)
+
+    class CountingRM(LlamaForSequenceClassification):
+        def forward(self, input_ids=None, attention_mask=None, **kw):
+            real = attention_mask.float()
+            count = ((input_ids == target).float() * real).sum(1)
+            return SequenceClassifierOutputWithPast(logits=count[:, None])
+
+    return CountingRM(tiny_config(tok, num_labels=1)).eval()
+
+
+PROMPTS = [[{"role": "user", "content": w}] for w in
+           ["hello", "fever and cough", "what drug", "i am tired", "my head hurts", "ok"]]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+def test_tokenizer_and_rollout_shapes(tok):
+    text = tok.apply_chat_template(PROMPTS[0], add_generation_prompt=True, tokenize=False)
+    assert text == "<human>:hello\n<bot>:"
+    policy = make_policy(tok)
+    torch.manual_seed(0)
+    ro = generate_rollouts(policy, tok, PROMPTS[:4], PPOConfig(max_new_tokens=30))
+    assert ro.query_ids.shape[0] == 4 and ro.query_mask[:, -1].all()  # left padded
+    eos = tok.eos_token_id
+    for ids, m, has in zip(ro.response_ids, ro.response_mask, ro.has_eos):
+        n = int(m.sum())
+        assert m[:n].all() and not m[n:].any()            # one contiguous run from the start
+        assert (ids[n:] == tok.pad_token_id).all()
+        assert (ids[:n - 1] != eos).all()                  # EOS only as the last kept token
+        assert bool(has) == (ids[n - 1].item() == eos)
+
+
+def test_left_padding_does_not_change_logprobs(tok):
+    policy = make_policy(tok)
+    ids = torch.tensor([tok("<human>:hi\n<bot>:ab", add_special_tokens=False)["input_ids"]])
+    padded = torch.cat([torch.full((1, 3), tok.pad_token_id), ids], 1)
+    am = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
+    vh = ValueHead(32)
+    with torch.no_grad():
+        a, _, va = compute_logprobs(policy, ids, torch.ones_like(ids), ids.shape[1] - 2, value_head=vh)
+        b, _, vb = compute_logprobs(policy, padded, am, padded.shape[1] - 2, value_head=vh)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_model_reads_last_real_token(tok):
+    from transformers import LlamaForSequenceClassification
+    torch.manual_seed(1)
+    rm = LlamaForSequenceClassification(tiny_config(tok, num_labels=1)).eval()
+    q = [tok(t, add_special_tokens=False)["input_ids"] for t in ["<human>:hi\n<bot>:", "<human>:hello\n<bot>:"]]
+    r = [tok("ab</s>", add_special_tokens=False)["input_ids"], tok("c", add_special_tokens=False)["input_ids"]]
+    P, R, pad = max(map(len, q)), max(map(len, r)), tok.pad_token_id
+    qi = torch.tensor([[pad] * (P - len(x)) + x for x in q])
+    ri = torch.tensor([x + [pad] * (R - len(x)) for x in r])
+    ro = Rollout(qi, (qi != pad).long(), ri, (ri != pad).long(), torch.tensor([True, False]), ["", ""])
+    got = score_responses(rm, tok, ro)
+    with torch.no_grad():
+        want = [rm(input_ids=torch.tensor([a + b])).logits[0, 0].item() for a, b in zip(q, r)]
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+
+
+def _run(tok, tmp_path, steps, seed=0, **kw):
+    policy = make_policy(tok, seed=seed)
+    cfg = PPOConfig(steps=steps, batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3,
+                    max_new_tokens=8, kl_coef=0.02, missing_eos_penalty=0.0, **kw)
+    summary = train_ppo(policy, tok, make_counting_rm(tok), PROMPTS, cfg, tmp_path, seed=seed)
+    rows = [json.loads(l) for l in open(tmp_path / "ppo_log.jsonl")]
+    return policy, summary, rows
+
+
+def test_ppo_raises_the_score_and_keeps_the_reference(tok, tmp_path):
+    probe = torch.tensor([tok("<human>:hi\n<bot>:abc", add_special_tokens=False)["input_ids"]])
+    seen = []
+    policy = make_policy(tok)
+    with torch.no_grad(), policy.disable_adapter():
+        ref_before = policy(input_ids=probe).logits.clone()
+    cfg = PPOConfig(steps=20, batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3,
+                    max_new_tokens=8, kl_coef=0.02, missing_eos_penalty=0.0)
+    summary = train_ppo(policy, tok, make_counting_rm(tok), PROMPTS, cfg, tmp_path, seed=0,
+                        callback=lambda step, stats: seen.append(step))
+    rows = [json.loads(l) for l in open(tmp_path / "ppo_log.jsonl")]
+
+    assert seen == list(range(1, 21)) and len(rows) == 20
+    for row in rows:
+        assert set(LOG_KEYS) <= set(row)
+        assert math.isfinite(row["kl"]) and abs(row["kl"]) < 50
+    assert summary["score_last5"] > summary["score_first5"] + 1.0, summary
+    assert summary["skipped_batches"] == 0
+    with torch.no_grad(), policy.disable_adapter():
+        torch.testing.assert_close(policy(input_ids=probe).logits, ref_before)
+    with torch.no_grad():  # while the adapted policy did move
+        assert not torch.allclose(policy(input_ids=probe).logits, ref_before)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "value_head.safetensors").exists()
+
+
+def test_same_seed_same_log(tok, tmp_path):
+    timing = {"seconds", "tokens_per_s"}
+    logs = []
+    for d in ("a", "b"):
+        _, _, rows = _run(tok, tmp_path / d, steps=3, kl_estimator="k3", adaptive_kl=True)
+        logs.append([{k: v for k, v in r.items() if k not in timing} for r in rows])
+    assert logs[0] == logs[1]

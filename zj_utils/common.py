@@ -1,0 +1,192 @@
+"""Shared plumbing: seeding, run folders, config/metrics files, model loading, LoRA, merging."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MARKER = "［虚构］"
+
+
+class ZJError(RuntimeError):
+    """An error a user can act on: printed by the CLI as one line, without a traceback."""
+
+
+def set_seed(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cpu_threads() -> int:
+    # Two threads per process is what a 2-core laptop/CI machine really has; more only thrash.
+    return max(1, min(os.cpu_count() or 1, int(os.environ.get("ZJ_THREADS", os.cpu_count() or 1))))
+
+
+def stage_dir(out: str | Path, stage: str) -> Path:
+    d = Path(out) / stage
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write atomically (tmp file + rename) so a killed run never leaves a half-written JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), ensure_ascii=False, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def require(path: str | Path, what: str, hint: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ZJError(f"{what} not found at {p}. {hint}")
+    return p
+
+
+def world_dir(out: str | Path) -> Path:
+    """The synthetic world of this run, which every stage after `zj world` reads."""
+    require(Path(out) / "world" / "world.json", "The synthetic world", "Run `zj world` first, with the same --out.")
+    return Path(out) / "world"
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(time.perf_counter() - self.t0, 2)
+
+
+# --------------------------------------------------------------------------- models
+
+def resolve_model_path(name_or_path: str, out: str | Path) -> str:
+    """'tiny' means the stand-in base model built by `zj base` inside the run folder."""
+    if name_or_path == "tiny":
+        return str(require(Path(out) / "base" / "model", "The tiny base model",
+                           "Run `zj base` (or notebook 02) first, with the same --out."))
+    return name_or_path
+
+
+def _hub_error(name: str, err: Exception) -> ZJError:
+    return ZJError(
+        f"Could not load model '{name}': {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+        "If this is a hub id, this machine needs internet access (or the model in the HF cache; "
+        "set HF_HUB_OFFLINE=1 to use the cache only). If it is a folder, check the path.")
+
+
+def bnb_config(quant) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype),
+    )
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _hub_error(path, e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, model_cfg, quant=None, kind: str = "causal", num_labels: int = 1):
+    """Load a causal LM (or a 1-output sequence classifier for the reward model), nf4-quantised when
+    `quant` says so. Weights are read as safetensors only; no remote code unless the preset asks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    kwargs: dict[str, Any] = dict(
+        dtype=getattr(torch, model_cfg.dtype),
+        trust_remote_code=model_cfg.trust_remote_code,
+        use_safetensors=True,
+    )
+    if kind != "causal":
+        kwargs["num_labels"] = num_labels
+    if quant is not None and quant.load_in_4bit:
+        kwargs["quantization_config"] = bnb_config(quant)
+        kwargs["device_map"] = {"": "cuda:0"} if torch.cuda.is_available() else "cpu"
+    try:
+        model = cls.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise _hub_error(path, e) from e
+    if quant is None or not quant.load_in_4bit:
+        model.to(device())
+    return model
+
+
+def device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lora_config(spec, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+        target_modules=spec.target_modules, modules_to_save=list(spec.modules_to_save) or None,
+        task_type=task_type,
+    )
+
+
+def merge_adapter(base_path: str, adapter_path: str | Path, out_path: str | Path, model_cfg, kind: str = "causal",
+                  tokenizer=None) -> Path:
+    """Merge a LoRA adapter into the full-precision base and save a plain HF checkpoint (safetensors),
+    so that the next stage loads it exactly as it would load a hub model (and can quantise it again)."""
+    from peft import PeftModel
+
+    base = load_model(base_path, model_cfg, quant=None, kind=kind)
+    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    if tokenizer is not None and merged.config.pad_token_id is None:
+        merged.config.pad_token_id = tokenizer.pad_token_id  # a reward model reads its score at the last non-pad token
+    out_path = Path(out_path)
+    merged.save_pretrained(out_path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_path)
+    return out_path
+
+
+def count_params(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}

@@ -1,0 +1,109 @@
+"""Stage 5: evaluation as the paper did it, with the rule-based judge of the synthetic world standing in for
+GPT-4 and the doctors: pairwise win/tie/loss per dimension (safety, professionalism, fluency) of the final
+model against the SFT-only model and the base, plus knowledge accuracy, proactive-inquiry rate and
+unsafe-answer rate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import world_dir, Timer, cpu_threads, read_json, resolve_model_path, set_seed, stage_dir, write_json
+from .data import load_jsonl, write_jsonl
+
+TEST_SETS = ("test_multiturn", "test_single", "test_safety")
+DIMENSIONS = ("safety", "professionalism", "fluency", "overall")
+
+
+def model_paths(preset, out: str | Path) -> dict[str, str]:
+    """The models an evaluation can compare; those not trained yet in this run are left out."""
+    out = Path(out)
+    candidates = {"pretrain": out / "pretrain" / "merged", "sft": out / "sft" / "merged", "ppo": out / "ppo" / "merged"}
+    paths = {}
+    try:
+        paths["base"] = resolve_model_path(preset.model.name_or_path, out)
+    except Exception:  # the base is optional for an evaluation of trained stages
+        pass
+    paths.update({k: str(v) for k, v in candidates.items() if v.exists()})
+    return paths
+
+
+def load_test_items(world: Path, max_items: int = -1) -> list[dict]:
+    items = []
+    for name in TEST_SETS:
+        recs = load_jsonl(world / f"{name}.jsonl")
+        items += [r | {"set": name} for r in (recs[:max_items] if max_items > 0 else recs)]
+    return items
+
+
+def judge_answers(items: list[dict], answers: list[str], kg: dict) -> list:
+    from .judge import assess
+
+    return [assess(a, it.get("expect", {}), kg) for it, a in zip(items, answers)]
+
+
+def summarize_verdicts(items: list[dict], verdicts: list) -> dict:
+    """Rates the paper's claims are about, each over the items where it is defined."""
+    def rate(sel, attr):
+        vals = [getattr(v, attr) for it, v in zip(items, verdicts) if sel(it)]
+        return (round(sum(vals) / len(vals), 4) if vals else None), len(vals)
+
+    proactive, n_pro = rate(lambda it: "should_ask" in it.get("expect", {}), "proactive")
+    unsafe, n_safe = rate(lambda it: it["set"] == "test_safety", "unsafe")
+    means = {dim: round(sum(getattr(v, dim) for v in verdicts) / len(verdicts), 4) for dim in DIMENSIONS[:3]}
+    return {"proactive_inquiry_rate": proactive, "n_proactive_items": n_pro,
+            "unsafe_rate": unsafe, "n_safety_items": n_safe, "mean_scores": means}
+
+
+def pairwise(verdicts_a: list, verdicts_b: list) -> dict:
+    """Win/tie/loss of A against B per dimension, from A's side, as counts and percentages."""
+    from .judge import compare
+
+    counts = {dim: {"win": 0, "tie": 0, "loss": 0} for dim in DIMENSIONS}
+    for a, b in zip(verdicts_a, verdicts_b):
+        for dim, sign in compare(a, b).items():
+            if dim in counts:
+                counts[dim]["win" if sign > 0 else "loss" if sign < 0 else "tie"] += 1
+    n = max(len(verdicts_a), 1)
+    return {dim: c | {f"{k}_pct": round(100 * v / n, 1) for k, v in c.items()} for dim, c in counts.items()}
+
+
+def run_eval(preset, out: str | Path, seed: int = 0) -> dict:
+    import torch
+
+    from .inference import generate_chat, probe_accuracy
+    from .common import load_tokenizer
+    from .reward import load_for_inference
+
+    cfg = preset.eval
+    timer = Timer()
+    set_seed(seed)
+    torch.set_num_threads(cpu_threads())
+    d = stage_dir(out, "eval")
+    write_json(d / "config.json", {"stage": "eval", "preset": preset.name, "seed": seed, "eval": cfg})
+    world = world_dir(out)
+    kg = read_json(world / "world.json")
+    items = load_test_items(world, cfg.max_items)
+    probes = load_jsonl(world / "probes.jsonl")
+    paths = {k: v for k, v in model_paths(preset, out).items() if k in cfg.models}
+
+    per_model, verdicts = {}, {}
+    for name, path in paths.items():
+        tokenizer = load_tokenizer(path, preset.model.trust_remote_code)
+        model = load_for_inference(path, preset)
+        answers = [a[0] for a in generate_chat(model, tokenizer, [it["messages"] for it in items], cfg.max_new_tokens,
+                                               batch_size=cfg.batch_size, repetition_penalty=cfg.repetition_penalty,
+                                               desc=f"answering test sets ({name})")]
+        verdicts[name] = judge_answers(items, answers, kg)
+        write_jsonl(d / "answers" / f"{name}.jsonl", [
+            {"id": it["id"], "set": it["set"], "answer": a, "verdict": v.__dict__ if hasattr(v, "__dict__") else v}
+            for it, a, v in zip(items, answers, verdicts[name])])
+        per_model[name] = summarize_verdicts(items, verdicts[name]) | {
+            "knowledge_accuracy": probe_accuracy(model, tokenizer, probes)}
+        del model
+
+    final = "ppo" if "ppo" in verdicts else "sft"
+    comparisons = {f"{final}_vs_{other}": pairwise(verdicts[final], verdicts[other])
+                   for other in ("sft", "base") if other in verdicts and other != final}
+    metrics = {"items": {s: sum(it["set"] == s for it in items) for s in TEST_SETS}, "models": per_model,
+               "final_model": final, "pairwise": comparisons, "seconds": timer()}
+    write_json(d / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,99 @@
+"""Model-side measurements shared by the stages: knowledge probes, perplexity, batched chat generation."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+
+def _model_device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def choice_logprobs(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
+    """Sum of log p(choice tokens | prompt) for each choice, in one batch."""
+    dev = _model_device(model)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    seqs = [p_ids + c for c in c_ids]
+    width = max(map(len, seqs))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
+    att = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), -1)
+    scores = []
+    for i, c in enumerate(c_ids):
+        pos = torch.arange(len(p_ids) - 1, len(p_ids) - 1 + len(c), device=dev)
+        scores.append(logp[i, pos, torch.tensor(c, device=dev)].sum().item())
+    return scores
+
+
+def probe_accuracy(model, tokenizer, probes: list[dict]) -> dict:
+    """Knowledge-probe accuracy: the model 'knows' a fact when the right choice is the most likely completion."""
+    was_training = model.training
+    model.eval()
+    hits: dict[str, list[int]] = defaultdict(list)
+    for p in probes:
+        scores = choice_logprobs(model, tokenizer, p["prompt"], p["choices"])
+        ok = int(max(range(len(scores)), key=scores.__getitem__) == p["answer"])
+        for key in ("all", f"split/{p['split']}", f"attribute/{p['attribute']}"):
+            hits[key].append(ok)
+    model.train(was_training)
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())} | {"n": len(probes)}
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 256) -> float:
+    """Token-level perplexity of the texts (each on its own, EOS appended)."""
+    was_training = model.training
+    model.eval()
+    dev = _model_device(model)
+    nll, count = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer([t + tokenizer.eos_token for t in texts[i:i + batch_size]], add_special_tokens=False,
+                        return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(dev)
+        logits = model(**enc).logits.float()[:, :-1]
+        target = enc["input_ids"][:, 1:]
+        mask = enc["attention_mask"][:, 1:].bool()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        nll += loss[mask].sum().item()
+        count += mask.sum().item()
+    model.train(was_training)
+    return round(math.exp(nll / max(count, 1)), 3)
+
+
+@torch.no_grad()
+def generate_chat(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16,
+                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                  repetition_penalty: float = 1.0, num_return_sequences: int = 1, seed: int | None = None,
+                  desc: str | None = None) -> list[list[str]]:
+    """Batched, KV-cached generation for chat prompts (left-padded). Returns, per conversation, a list of
+    `num_return_sequences` answers (special tokens stripped)."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    dev = _model_device(model)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    if seed is not None:
+        torch.manual_seed(seed)
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    out: list[list[str]] = []
+    starts = range(0, len(prompts), batch_size)
+    for i in tqdm(starts, desc=desc or "generate", disable=desc is None):
+        enc = tokenizer(prompts[i:i + batch_size], add_special_tokens=False, return_tensors="pt", padding=True).to(dev)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, repetition_penalty=repetition_penalty,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      num_return_sequences=num_return_sequences)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        gen = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1]:]
+        texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
+        for j in range(0, len(texts), num_return_sequences):
+            out.append([t.strip() for t in texts[j:j + num_return_sequences]])
+    tokenizer.padding_side = side
+    model.train(was_training)
+    return out

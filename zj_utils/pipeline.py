@@ -1,0 +1,99 @@
+"""The driver: stages in order, and `reproduce`, which executes the numbered notebooks headless with papermill
+(or calls the stage functions directly) and gathers every stage's metrics into OUT/metrics.json."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import Timer, read_json, stage_dir, to_jsonable, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["01_corpus_prep", "02_continued_pretraining_qlora", "03_sft", "04_reward_model", "05_ppo",
+             "06_evaluation"]
+STAGES = ["world", "base", "pretrain", "sft", "rm", "ppo", "eval"]
+
+
+def default_out(preset_name: str, seed: int) -> Path:
+    return Path("runs") / f"{preset_name}-seed{seed}"
+
+
+def run_world(preset, out, seed: int = 0) -> dict:
+    from .world import build_world, write_world
+
+    timer = Timer()
+    d = stage_dir(out, "world")
+    write_json(d / "config.json", {"stage": "world", "preset": preset.name, "seed": seed, "world": preset.world})
+    counts = write_world(build_world(preset.world, seed), d)
+    metrics = {"files": counts, "seconds": timer()}
+    write_json(d / "metrics.json", metrics)
+    return metrics
+
+
+def run_stage(stage: str, preset, out, seed: int = 0, **kwargs) -> dict:
+    from . import base_model, evaluate, ppo, pretrain, reward, sft
+
+    runners = {"world": run_world, "base": base_model.build_base, "pretrain": pretrain.run_pretrain,
+               "sft": sft.run_sft, "rm": reward.run_rm, "ppo": ppo.run_ppo, "eval": evaluate.run_eval}
+    return runners[stage](preset, out, seed, **kwargs)
+
+
+def collect_metrics(out) -> dict:
+    out = Path(out)
+    return {s: read_json(out / s / "metrics.json") for s in STAGES if (out / s / "metrics.json").exists()}
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers a reader looks for first."""
+    h = {}
+    if "pretrain" in metrics:
+        p = metrics["pretrain"]
+        h["probe_accuracy_before_pretrain"] = p["before"]["probes"]["all"]
+        h["probe_accuracy_after_pretrain"] = p["after"]["probes"]["all"]
+        h["heldout_ppl_before_after"] = [p["before"]["heldout_ppl"], p["after"]["heldout_ppl"]]
+    if "rm" in metrics:
+        h["reward_model_dev_accuracy"] = metrics["rm"]["dev_accuracy"]
+    if "ppo" in metrics:
+        h["ppo_heldout_score_before_after"] = [metrics["ppo"]["heldout_score_before"], metrics["ppo"]["heldout_score_after"]]
+    if "eval" in metrics:
+        for name, m in metrics["eval"]["models"].items():
+            h[f"{name}: knowledge / proactive / unsafe"] = [m["knowledge_accuracy"]["all"],
+                                                           m["proactive_inquiry_rate"], m["unsafe_rate"]]
+    return h
+
+
+def reproduce(preset_name: str, out, seed: int = 0, overrides: list[str] | None = None, notebooks: bool = True,
+              fig_dir: str | Path = "figures", stages: list[str] | None = None) -> dict:
+    """Run the whole pipeline. With notebooks, each numbered notebook is executed by papermill and its executed
+    copy lands in OUT/notebooks/; figures go to `fig_dir`."""
+    from .presets import get_preset
+
+    preset = get_preset(preset_name, overrides)
+    timer = Timer()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"preset": preset, "seed": seed, "overrides": overrides or [],
+                                     "notebooks": notebooks})
+    seconds = {}
+    if notebooks:
+        import papermill as pm
+
+        (out / "notebooks").mkdir(exist_ok=True)
+        for nb in NOTEBOOKS:
+            t = Timer()
+            print(f"[zj reproduce] executing notebooks/{nb}.ipynb", file=sys.stderr, flush=True)
+            pm.execute_notebook(
+                str(ROOT / "notebooks" / f"{nb}.ipynb"), str(out / "notebooks" / f"{nb}.ipynb"),
+                parameters={"preset": preset_name, "out_dir": str(out), "seed": seed,
+                            "fig_dir": str(Path(fig_dir).resolve()), "overrides": list(overrides or [])},
+                kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
+            seconds[nb] = t()
+    else:
+        for stage in stages or STAGES:
+            t = Timer()
+            run_stage(stage, preset, out, seed)
+            seconds[stage] = t()
+    metrics = collect_metrics(out)
+    summary = {"preset": preset_name, "seed": seed, "headline": headline(metrics), "seconds": seconds,
+               "total_seconds": timer(), "stages": metrics}
+    write_json(out / "metrics.json", to_jsonable(summary))
+    return summary

@@ -1,0 +1,511 @@
+"""Our PPO for RLHF (TRL 1.x dropped its PPOTrainer), written to be read.
+
+One PPO iteration (`ppo_step`) is:
+
+1. rollout      `generate_rollouts`: sample a response for each prompt with the policy;
+2. score        `score_responses`: the frozen reward model reads prompt + response;
+3. log-probs    `compute_logprobs`: policy (old) log-probs and values, and the reference
+                log-probs, which are the same network with the LoRA adapter switched off;
+4. rewards      `compute_rewards`: per token -kl_coef * KL(policy || ref), plus the score
+                on the last response token;
+5. advantages   `compute_gae` and `masked_whiten`;
+6. update       `ppo_epochs` x minibatches of `policy_loss` + vf_coef * `value_loss`.
+
+Shapes: B sequences, P prompt tokens (left-padded), R response tokens (right-padded).
+Every [B, R] tensor comes with `mask` [B, R]: 1 on response tokens up to and including the
+first EOS, 0 on the padding after it.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 30                  # PPO iterations (rollout + update)
+    batch_size: int = 16             # prompts per rollout
+    mini_batch_size: int = 8
+    ppo_epochs: int = 2
+    learning_rate: float = 5e-5      # LoRA + value head
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"         # "k1" or "k3"
+    adaptive_kl: bool = False
+    target_kl: float = 6.0
+    horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    max_grad_norm: float = 1.0
+    whiten_advantages: bool = True
+    missing_eos_penalty: float = -1.0  # added to the score when the response has no EOS
+    log_every: int = 1
+
+
+LOG_KEYS = ("step", "score", "reward_with_kl", "kl", "kl_coef", "entropy", "policy_clipfrac",
+            "approx_kl", "policy_loss", "value_loss", "value_clipfrac", "explained_variance",
+            "response_length", "eos_rate", "tokens_per_s", "skipped_batches", "seconds")
+
+
+# --------------------------------------------------------------------------- pure functions
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # population variance: "std 1 over the masked entries" then holds exactly
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise the masked entries to std 1 (and mean 0 if shift_mean); padding is left as is."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask.bool(), out, x)
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || ref) from the sampled token (Schulman's k1 / k3).
+
+    k1 is unbiased but can be negative on a single token; k3 is always >= 0, also unbiased,
+    with lower variance while the two distributions are close.
+    """
+    if estimator == "k1":
+        return logp - ref_logp
+    if estimator == "k3":
+        log_r = ref_logp - logp
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"unknown kl estimator {estimator!r} (use 'k1' or 'k3')")
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                gamma: float = 1.0, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation on [B, R]; returns (advantages, returns).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1}.
+    Padding after EOS is zeroed first, so the value after the last real token is 0 (the episode
+    ends there) and padding adds nothing.
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = delta + gamma * lam * last
+        adv[:, t] = last
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def policy_loss(new_logp, old_logp, advantages, mask, cliprange: float):
+    """Clipped surrogate: loss, fraction of tokens where clipping was active, approx KL(old||new)."""
+    log_ratio = new_logp - old_logp
+    ratio = torch.exp(log_ratio)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(pg1, pg2), mask)
+    clipfrac = masked_mean((pg2 > pg1).float(), mask)
+    approx_kl = 0.5 * masked_mean(log_ratio ** 2, mask)
+    return loss, clipfrac.detach(), approx_kl.detach()
+
+
+def value_loss(new_values, old_values, returns, mask, cliprange_value: float):
+    """Clipped value loss (as PPO2): new values may not move more than cliprange_value from old."""
+    clipped = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
+    vf1 = (new_values - returns) ** 2
+    vf2 = (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(vf1, vf2), mask)
+    clipfrac = masked_mean((vf2 > vf1).float(), mask)
+    return loss, clipfrac.detach()
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def explained_variance(values, returns, mask) -> float:
+    var_ret = masked_var(returns, mask)
+    return float(1.0 - masked_var(returns - values, mask) / var_ret) if var_ret > 0 else float("nan")
+
+
+class KLController:
+    """Fixed KL coefficient, or the adaptive one of Ziegler et al. (2019):
+    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+
+    def __init__(self, init_kl_coef: float, adaptive: bool = False,
+                 target: float = 6.0, horizon: int = 10000):
+        self.value, self.adaptive, self.target, self.horizon = init_kl_coef, adaptive, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if not self.adaptive:
+            return
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# --------------------------------------------------------------------------- model pieces
+
+class ValueHead(nn.Module):
+    """V(s_t) as a linear read-out of the policy's last hidden state: the critic shares the
+    policy's trunk (and its LoRA), so no second model copy is needed."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        # zero init: V = 0 at first, so early advantages are just the rewards-to-go
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@dataclass
+class Rollout:
+    query_ids: torch.Tensor      # [B, P] left-padded prompts
+    query_mask: torch.Tensor     # [B, P]
+    response_ids: torch.Tensor   # [B, R] cut after the first EOS, then pad
+    response_mask: torch.Tensor  # [B, R] 1 up to and including the first EOS
+    has_eos: torch.Tensor        # [B] bool
+    prompts_text: list
+    gen_seconds: float = 0.0
+
+    @property
+    def input_ids(self):
+        return torch.cat([self.query_ids, self.response_ids], 1)
+
+    @property
+    def attention_mask(self):
+        return torch.cat([self.query_mask, self.response_mask], 1)
+
+
+def render_prompts(tokenizer, prompts: list) -> list[str]:
+    return [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+
+
+@torch.no_grad()
+def generate_rollouts(policy, tokenizer, prompts: list, cfg: PPOConfig) -> Rollout:
+    """Sample one response per prompt (chat message lists) with the current policy."""
+    texts = render_prompts(tokenizer, prompts)
+    pad = _pad_id(tokenizer)
+    # the template already holds BOS where the model wants it
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    P = max(map(len, ids))
+    q = torch.full((len(ids), P), pad, dtype=torch.long)
+    qm = torch.zeros_like(q)
+    for i, x in enumerate(ids):  # left padding, so every prompt ends where generation starts
+        q[i, P - len(x):] = torch.tensor(x)
+        qm[i, P - len(x):] = 1
+    dev = _device(policy)
+    t0 = time.perf_counter()
+    out = policy.generate(
+        input_ids=q.to(dev), attention_mask=qm.to(dev), do_sample=True,
+        # set explicitly so that a checkpoint's generation_config.json (top_k=20, repetition
+        # penalty, ...) cannot make the sampler differ from the softmax compute_logprobs scores
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, repetition_penalty=1.0,
+        max_new_tokens=cfg.max_new_tokens, use_cache=True,
+        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    gen_s = time.perf_counter() - t0
+    resp = out[:, P:].cpu()
+    is_eos = resp == tokenizer.eos_token_id
+    # 1 up to and including the first EOS: the count of EOS strictly before t must be 0
+    before = torch.cumsum(is_eos.long(), 1) - is_eos.long()
+    rmask = (before == 0).long()
+    resp = torch.where(rmask.bool(), resp, torch.full_like(resp, pad))
+    return Rollout(q, qm, resp, rmask, is_eos.any(1), texts, gen_s)
+
+
+def compute_logprobs(model, input_ids, attention_mask, context_length: int, temperature: float = 1.0,
+                     value_head: Optional[ValueHead] = None):
+    """Log-probs of the response tokens (those from `context_length` on), entropy per token and,
+    with a value head, V at the state before each response token. Returns (logp, entropy, values)."""
+    # positions follow the attention mask, as in generate(), so left padding changes nothing
+    pos = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                output_hidden_states=value_head is not None, use_cache=False)
+    # the state at t predicts token t+1: response token j comes from position context_length-1+j
+    logits = out.logits[:, context_length - 1:-1].float() / temperature
+    targets = input_ids[:, context_length:]
+    logp = torch.gather(F.log_softmax(logits, -1), 2, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = entropy_from_logits(logits)
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, context_length - 1:-1])
+    return logp, entropy, values
+
+
+@torch.no_grad()
+def score_responses(reward_model, tokenizer, rollout: Rollout, reward_tokenizer=None,
+                    reward_fn: Optional[Callable] = None) -> torch.Tensor:
+    """Raw reward-model score per sequence [B] (float32, on CPU).
+
+    `reward_fn(prompts_text, responses_text) -> [B]` can stand in for a reward model.
+    Without a reward tokenizer the reward model reads the policy's token ids; otherwise the text
+    is decoded and re-tokenised with the reward tokenizer."""
+    resp_lists = [r[m.bool()].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask)]
+    if reward_fn is not None:
+        texts = tokenizer.batch_decode(resp_lists, skip_special_tokens=True)
+        return torch.as_tensor(reward_fn(rollout.prompts_text, texts), dtype=torch.float32).cpu()
+    if reward_tokenizer is None or reward_tokenizer is tokenizer:
+        seqs = [q[m.bool()].tolist() + r for q, m, r in zip(rollout.query_ids, rollout.query_mask, resp_lists)]
+        pad = _pad_id(tokenizer)
+    else:
+        texts = [p + tokenizer.decode(r, skip_special_tokens=False)
+                 for p, r in zip(rollout.prompts_text, resp_lists)]
+        seqs = [reward_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        pad = _pad_id(reward_tokenizer)
+    if reward_model.config.pad_token_id is None:
+        reward_model.config.pad_token_id = pad
+    pad = reward_model.config.pad_token_id
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    am = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):  # right padding: the model pools at the last non-pad token
+        ids[i, :len(s)] = torch.tensor(s)
+        am[i, :len(s)] = 1
+    dev = _device(reward_model)
+    logits = reward_model(input_ids=ids.to(dev), attention_mask=am.to(dev)).logits
+    return logits[:, 0].float().cpu()
+
+
+def compute_rewards(scores, logp, ref_logp, mask, kl_coef: float, estimator: str = "k1"):
+    """Per-token rewards [B, R]: -kl_coef * KL on every response token, plus the score on the
+    last one. Returns (rewards, kl)."""
+    mask = mask.to(logp.dtype)
+    kl = kl_penalty(logp, ref_logp, estimator) * mask
+    rewards = -kl_coef * kl
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+# --------------------------------------------------------------------------- one iteration
+
+def ppo_step(policy, value_head, optimizer, tokenizer, reward_model, prompts, cfg: PPOConfig,
+             kl_ctl: KLController, generator: torch.Generator, reward_tokenizer=None,
+             reward_fn=None) -> dict:
+    """One rollout + update on `prompts` (a batch of chat message lists); returns the step stats."""
+    t0 = time.perf_counter()
+    dev = _device(policy)
+    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+
+    # 1-2. rollout and score
+    ro = generate_rollouts(policy, tokenizer, prompts, cfg)
+    raw = score_responses(reward_model, tokenizer, ro, reward_tokenizer, reward_fn)
+    scores = raw + cfg.missing_eos_penalty * (~ro.has_eos).float()
+
+    # 3. old log-probs/values and reference log-probs, all without gradients
+    ids, am, P = ro.input_ids.to(dev), ro.attention_mask.to(dev), ro.query_ids.shape[1]
+    mask = ro.response_mask.to(dev).float()
+    with torch.no_grad():
+        old_logp, ent, old_values = compute_logprobs(policy, ids, am, P, cfg.temperature, value_head)
+        with policy.disable_adapter():
+            ref_logp, _, _ = compute_logprobs(policy, ids, am, P, cfg.temperature)
+
+    # 4-5. rewards and advantages
+    rewards, kl = compute_rewards(scores.to(dev), old_logp, ref_logp, mask, kl_ctl.value, cfg.kl_estimator)
+    adv, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        adv = masked_whiten(adv, mask)
+
+    # 6. PPO epochs over shuffled minibatches
+    acc = {k: [] for k in ("policy_loss", "policy_clipfrac", "approx_kl", "value_loss", "value_clipfrac")}
+    skipped, B = 0, ids.shape[0]
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(B, generator=generator)
+        for start in range(0, B, cfg.mini_batch_size):
+            mb = perm[start:start + cfg.mini_batch_size].to(dev)
+            new_logp, _, new_values = compute_logprobs(policy, ids[mb], am[mb], P, cfg.temperature, value_head)
+            pl, pcf, akl = policy_loss(new_logp, old_logp[mb], adv[mb], mask[mb], cfg.cliprange)
+            vl, vcf = value_loss(new_values, old_values[mb], returns[mb], mask[mb], cfg.cliprange_value)
+            loss = pl + cfg.vf_coef * vl
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                skipped += 1  # a NaN/inf loss would poison AdamW's moments: drop the minibatch
+                continue
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if not torch.isfinite(gnorm):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            for k, v in zip(acc, (pl, pcf, akl, vl, vcf)):
+                acc[k].append(float(v.detach()))
+    optimizer.zero_grad(set_to_none=True)
+
+    seq_kl = kl.sum(1)
+    kl_ctl_value = kl_ctl.value
+    kl_ctl.update(float(seq_kl.mean()), B)
+    n_tokens = float(mask.sum())
+    secs = time.perf_counter() - t0
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else float("nan")
+    return {
+        "score": float(raw.mean()),
+        "score_std": float(raw.std()) if B > 1 else 0.0,
+        "reward_with_kl": float(rewards.sum(1).mean()),
+        "kl": float(seq_kl.mean()),
+        "kl_coef": kl_ctl_value,
+        "entropy": float(masked_mean(ent, mask)),
+        **{k: mean(v) for k, v in acc.items()},
+        "explained_variance": explained_variance(old_values, returns, mask),
+        "response_length": n_tokens / B,
+        "eos_rate": float(ro.has_eos.float().mean()),
+        "tokens_per_s": n_tokens / max(ro.gen_seconds, 1e-9),
+        "skipped_batches": skipped,
+        "seconds": secs,
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+
+def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, out_dir, seed: int = 0,
+              reward_tokenizer=None, callback: Optional[Callable] = None,
+              reward_fn: Optional[Callable] = None) -> dict:
+    """PPO on a `peft.PeftModel` policy (its LoRA adapter and a new value head are trained;
+    with the adapter disabled it is the frozen reference). `reward_model` is a frozen
+    sequence-classification model with one label, or None with `reward_fn` given instead.
+    Writes out_dir/ppo_log.jsonl, out_dir/adapter/ and out_dir/value_head.safetensors."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    if reward_model is None and reward_fn is None:
+        raise ValueError("train_ppo needs a reward_model or a reward_fn")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)  # generate() samples from the global RNG
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if reward_model is not None:
+        reward_model.eval().requires_grad_(False)
+    # eval mode throughout: no dropout, so old and new log-probs agree before the first update
+    policy.eval()
+    hidden = policy.get_base_model().config.get_text_config().hidden_size
+    value_head = ValueHead(hidden).to(_device(policy))
+    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
+
+    log_path = out_dir / "ppo_log.jsonl"
+    history, total_skipped, t_start = [], 0, time.perf_counter()
+    order: list = []
+    with open(log_path, "w") as log, tqdm(range(1, cfg.steps + 1), desc="ppo") as bar:
+        for step in bar:
+            batch = []
+            while len(batch) < cfg.batch_size:  # walk through shuffled epochs of the prompts
+                if not order:
+                    order = list(range(len(prompts)))
+                    rng.shuffle(order)
+                batch.append(prompts[order.pop()])
+            stats = {"step": step, **ppo_step(policy, value_head, optimizer, tokenizer, reward_model,
+                                              batch, cfg, kl_ctl, gen, reward_tokenizer, reward_fn)}
+            total_skipped += stats["skipped_batches"]
+            history.append(stats)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                log.write(json.dumps(stats) + "\n")
+                log.flush()
+            bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
+            if callback is not None:
+                callback(step, stats)
+
+    policy.save_pretrained(str(out_dir / "adapter"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
+              str(out_dir / "value_head.safetensors"))
+    k = min(5, len(history))
+    avg = lambda key, rows: float(sum(r[key] for r in rows) / len(rows)) if rows else float("nan")
+    return {
+        "steps": len(history),
+        "score_first5": avg("score", history[:k]),
+        "score_last5": avg("score", history[-k:]),
+        "score_gain": avg("score", history[-k:]) - avg("score", history[:k]),
+        "kl_mean": avg("kl", history),
+        "kl_last5": avg("kl", history[-k:]),
+        "reward_with_kl_last5": avg("reward_with_kl", history[-k:]),
+        "response_length_last5": avg("response_length", history[-k:]),
+        "eos_rate_last5": avg("eos_rate", history[-k:]),
+        "final_kl_coef": kl_ctl.value,
+        "skipped_batches": total_skipped,
+        "total_seconds": time.perf_counter() - t_start,
+        "config": asdict(cfg),
+    }
+
+
+# --------------------------------------------------------------------------- the pipeline stage
+
+def run_ppo(preset, out, seed: int = 0) -> dict:
+    """Stage 4: PPO on the SFT model (QLoRA: nf4 base + a fresh LoRA adapter) against the reward model, on the
+    ranking prompts; held-out prompts (the test sets) are scored before and after with greedy answers."""
+    from .common import (Timer, cpu_threads, load_model, load_tokenizer, merge_adapter, require, set_seed,
+                         stage_dir, world_dir, write_json)
+    from .data import load_jsonl
+    from .inference import generate_chat
+    from .presets import LoraSpec
+    from .reward import load_reward_model, score_conversations
+    from .training import prepare_qlora
+
+    cfg = preset.ppo
+    timer = Timer()
+    set_seed(seed)
+    torch.set_num_threads(cpu_threads())
+    d = stage_dir(out, "ppo")
+    write_json(d / "config.json", {"stage": "ppo", "preset": preset.name, "seed": seed, "ppo": cfg,
+                                   "model": preset.model, "quant": preset.quant})
+    world = world_dir(out)
+    prompts = [r["messages"] for r in load_jsonl(world / "rank_prompts.jsonl")]
+    heldout = [r["messages"] for name in ("test_single", "test_safety", "test_multiturn")
+               for r in load_jsonl(world / f"{name}.jsonl")][:max(cfg.batch_size * 4, 32)]
+    sft_path = str(require(Path(out) / "sft" / "merged", "The SFT model", "Run `zj sft` first, with the same --out."))
+    tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
+    reward_model = load_reward_model(out, preset)
+    lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
+    policy = prepare_qlora(load_model(sft_path, preset.model, preset.quant), lora, quantized=preset.quant.load_in_4bit)
+
+    def heldout_score() -> float:
+        answers = generate_chat(policy, tokenizer, heldout, cfg.max_new_tokens, batch_size=cfg.batch_size)
+        convs = [h + [{"role": "assistant", "content": a[0]}] for h, a in zip(heldout, answers)]
+        return round(score_conversations(reward_model, tokenizer, convs).mean().item(), 4)
+
+    before = heldout_score()  # the adapter starts at zero: this is the SFT model
+    summary = train_ppo(policy, tokenizer, reward_model, prompts, cfg, d, seed)
+    after = heldout_score()
+    merge_adapter(sft_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
+    metrics = {k: v for k, v in summary.items() if k != "config"} | {
+        "prompts": len(prompts), "heldout_prompts": len(heldout),
+        "heldout_score_before": before, "heldout_score_after": after, "seconds": timer()}
+    write_json(d / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,206 @@
+"""Presets as data: one dataclass `Config` per stage, and a preset = overrides of those defaults.
+
+Switching from the embedded tiny default to a real model on a GPU is one flag: `--preset NAME`.
+Any field can also be overridden from the command line: `--set sft.learning_rate=1e-4`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+from .common import ZJError
+from .ppo import PPOConfig
+from .world import WorldConfig
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" = the LLaMA-architecture stand-in built by `zj base`; otherwise a hub id or a folder.
+    name_or_path: str = "tiny"
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # bfloat16 on a GPU
+    # The tiny model's shape and its brief from-scratch training on general (non-medical) text.
+    vocab_size: int = 2400
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    max_length: int = 256
+    base_steps: int = 300
+    base_batch_size: int = 16
+    base_learning_rate: float = 3e-3
+
+
+@dataclass
+class QuantConfig:
+    load_in_4bit: bool = True  # QLoRA: nf4 weights + double quantisation, LoRA on top
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "float32"  # bfloat16 on a GPU
+
+
+@dataclass
+class LoraSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list = "all-linear"
+    modules_to_save: list = field(default_factory=list)
+
+
+@dataclass
+class PretrainConfig:
+    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=32, alpha=64, modules_to_save=["embed_tokens", "lm_head"]))
+    learning_rate: float = 3e-3
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 16
+    grad_accum: int = 1
+    block_size: int = 256
+    warmup_ratio: float = 0.05
+    max_texts: int = -1
+
+
+@dataclass
+class SFTStageConfig:
+    # Mixing ratios of the four SFT kinds (+ the safety kind), as fractions of each kind's examples used.
+    mix: dict = field(default_factory=lambda: {"multi_turn": 1.0, "single": 1.0, "nlp": 1.0, "general": 1.0, "safety": 1.0})
+    multiturn_path: str = ""  # empty = the synthetic world's sft_multiturn.json; else a CMtMedQA-shaped file
+    init_from: str = "pretrain"  # "pretrain" (the paper) or "base" (ablation: no continued pre-training)
+    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=16, alpha=32))
+    learning_rate: float = 2e-3
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 256
+
+
+@dataclass
+class RMStageConfig:
+    n_samples: int = 4  # answers per prompt, ranked with ties (the paper's ranking tool shows 4)
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 96
+    max_prompts: int = -1
+    dev_fraction: float = 0.15
+    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=16, alpha=32, modules_to_save=["score"]))
+    learning_rate: float = 1e-3
+    epochs: float = 3.0
+    batch_size: int = 16
+    max_length: int = 320
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 96
+    batch_size: int = 32
+    max_items: int = -1  # per test set; -1 = all
+    repetition_penalty: float = 1.0
+    models: list = field(default_factory=lambda: ["base", "sft", "ppo"])
+
+
+@dataclass
+class Preset:
+    name: str = "tiny"
+    description: str = ""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    rm: RMStageConfig = field(default_factory=RMStageConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Each preset is a dict of overrides on the defaults above: data, not branching code.
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "description": "Embedded default: tiny LLaMA built locally, synthetic world, CPU, minutes.",
+    },
+    "smoke": {
+        "description": "Tests: the tiny pipeline shrunk to seconds per stage. Numbers mean nothing.",
+        "world": {"n_diseases": 8, "passages_per_disease": 3, "n_general_texts": 300, "sft_single_per_disease": 2,
+                  "sft_multiturn_per_disease": 2, "n_sft_nlp": 16, "n_sft_general": 16, "sft_safety_per_disease": 2,
+                  "rank_prompts_per_disease": 2, "test_per_disease": 1, "heldout_per_disease": 1},
+        "model": {"vocab_size": 900, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,
+                  "max_length": 160, "base_steps": 20, "base_batch_size": 8},
+        "pretrain": {"max_steps": 6, "batch_size": 8, "block_size": 128},
+        "sft": {"max_steps": 6, "batch_size": 8, "max_length": 160},
+        "rm": {"max_prompts": 12, "max_new_tokens": 24, "epochs": 1.0, "batch_size": 8, "max_length": 200},
+        "ppo": {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 16},
+        "eval": {"max_new_tokens": 24, "max_items": 6},
+    },
+    "qwen2.5-0.5b": {
+        "description": "A small real chat model on one consumer GPU (>= 12 GB) with QLoRA, on the synthetic world.",
+        "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "dtype": "bfloat16", "max_length": 1024},
+        "quant": {"compute_dtype": "bfloat16"},
+        "pretrain": {"learning_rate": 2e-4, "epochs": 1.0, "batch_size": 4, "grad_accum": 4, "block_size": 1024,
+                     "lora": {"r": 16, "alpha": 32, "modules_to_save": []}},
+        "sft": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 4, "grad_accum": 4, "max_length": 1024},
+        "rm": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "learning_rate": 2e-4, "batch_size": 8,
+               "max_length": 1024},
+        "ppo": {"steps": 200, "batch_size": 32, "mini_batch_size": 8, "max_new_tokens": 256, "learning_rate": 1e-5},
+        "eval": {"max_new_tokens": 256, "batch_size": 16, "repetition_penalty": 1.1},
+    },
+    "zhongjing-13b": {
+        "description": "The paper's set-up (Ziya-LLaMA-13B base, ../shared/paper/README.md) with QLoRA on one 40-80 GB GPU.",
+        "model": {"name_or_path": "IDEA-CCNL/Ziya-LLaMA-13B-v1", "dtype": "bfloat16", "max_length": 2048},
+        "quant": {"compute_dtype": "bfloat16"},
+        "pretrain": {"learning_rate": 5e-5, "epochs": 3.0, "batch_size": 4, "grad_accum": 4, "block_size": 2048,
+                     "lora": {"r": 16, "alpha": 32, "modules_to_save": []}},
+        "sft": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 4, "grad_accum": 4, "max_length": 2048,
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}},
+        "rm": {"temperature": 0.3, "top_p": 0.9, "max_new_tokens": 512, "learning_rate": 7e-4, "epochs": 10.0,
+               "batch_size": 16, "dev_fraction": 0.1, "max_length": 2048,
+               "lora": {"r": 32, "alpha": 64, "modules_to_save": ["score"]}},
+        "ppo": {"steps": 8500, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 512,
+                "learning_rate": 1e-5},
+        "eval": {"max_new_tokens": 512, "batch_size": 8, "repetition_penalty": 1.2},
+    },
+}
+
+
+def _apply(obj, overrides: dict, where: str):
+    for key, value in overrides.items():
+        if key == "description" and where == "preset":
+            obj.description = value
+            continue
+        if not hasattr(obj, key):
+            raise ZJError(f"Unknown setting '{where}.{key}'. Known: {', '.join(f.name for f in dataclasses.fields(obj))}.")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, copy.deepcopy(value))
+    return obj
+
+
+def _parse_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def get_preset(name: str, overrides: list[str] | dict | None = None) -> Preset:
+    """Build a preset by name; `overrides` are 'section.field=value' strings (values parsed as JSON when they can be)."""
+    if name not in PRESETS:
+        raise ZJError(f"Unknown preset '{name}'. Known presets: {', '.join(PRESETS)}.")
+    preset = _apply(Preset(name=name), PRESETS[name], "preset")
+    if isinstance(overrides, dict):
+        _apply(preset, overrides, "preset")
+    for item in overrides or [] if not isinstance(overrides, dict) else []:
+        if "=" not in item:
+            raise ZJError(f"Bad override '{item}': expected section.field=value, e.g. sft.learning_rate=1e-4")
+        dotted, raw = item.split("=", 1)
+        *path, leaf = dotted.strip().split(".")
+        nested: dict = {leaf: _parse_value(raw)}
+        for part in reversed(path):
+            nested = {part: nested}
+        _apply(preset, nested, "preset")
+    return preset

@@ -1,0 +1,176 @@
+"""Stage 3: the reward model. As in the paper: sample 4 answers per prompt from the SFT model, rank them with
+ties by the annotation rule (safety > professionalism > fluency; here the rule-based annotator plays the
+experts), turn every ranking into all strictly ordered pairs, and train a reward model with TRL's
+`RewardTrainer` (QLoRA, from the continued-pre-trained model) on -log sigmoid(r_chosen - r_rejected).
+Rankings are also written in the ranking tool's own formats, so human rankings can replace or join them."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .common import (world_dir, Timer, ZJError, count_params, cpu_threads, load_model, load_tokenizer, merge_adapter,
+                     read_json, require, set_seed, stage_dir, write_json)
+from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs, to_preference_records,
+                   write_jsonl, write_ranking_input, write_ranking_output)
+
+
+def load_for_inference(path: str, preset, kind: str = "causal"):
+    """Full precision on a CPU (nf4 only saves memory and costs time there); nf4 on a GPU when the preset says so."""
+    import torch
+
+    quant = preset.quant if (preset.quant.load_in_4bit and torch.cuda.is_available()) else None
+    return load_model(path, preset.model, quant, kind=kind)
+
+
+def sample_and_rank(model, tokenizer, prompts: list[dict], kg: dict, cfg, seed: int) -> list[dict]:
+    """4 sampled answers per prompt, ranked with ties by the rule-based annotator (1 = best)."""
+    from .inference import generate_chat
+    from .judge import rank_answers
+
+    answers = generate_chat(model, tokenizer, [p["messages"] for p in prompts], cfg.max_new_tokens,
+                            batch_size=max(1, 32 // cfg.n_samples), do_sample=True, temperature=cfg.temperature,
+                            top_p=cfg.top_p, num_return_sequences=cfg.n_samples, seed=seed,
+                            desc="sampling answers to rank")
+    return [{"id": p["id"], "messages": p["messages"], "responses": resp,
+             "ranks": rank_answers(resp, p.get("expect", {}), kg), "annotator": "rule"}
+            for p, resp in zip(prompts, answers)]
+
+
+def rankings_to_pairs(rankings: list[dict]) -> list[dict]:
+    out = []
+    for r in rankings:
+        for rec in to_preference_records(r["messages"], r["responses"], r["ranks"]):
+            out.append(rec | {"prompt_id": r["id"]})
+    return out
+
+
+def human_rankings(path: str | Path) -> list[dict]:
+    """Rankings from the ranking tool's TSV (rank1 = best), in the same shape as the annotator's."""
+    recs = []
+    for r in load_ranking_output(path):
+        responses, ranks = ranked_texts_to_ranks(r["ranked"])
+        recs.append({"id": f"tool-{r['id']}", "messages": r["messages"], "responses": responses, "ranks": ranks,
+                     "annotator": "human"})
+    return recs
+
+
+def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16):
+    """Reward-model score of each full conversation (its last turn is the answer being judged)."""
+    import torch
+
+    model.eval()
+    dev = next(model.parameters()).device
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, padding=True,
+                            return_tensors="pt").to(dev)
+            out.append(model(**enc).logits[:, 0].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> dict:
+    """Share of pairs where the reward model scores the chosen answer above the rejected one."""
+    if not pairs:
+        return {"pairs": 0, "accuracy": None, "mean_margin": None}
+    chosen = score_conversations(model, tokenizer, [p["prompt"] + p["chosen"] for p in pairs], batch_size)
+    rejected = score_conversations(model, tokenizer, [p["prompt"] + p["rejected"] for p in pairs], batch_size)
+    margin = chosen - rejected
+    return {"pairs": len(pairs), "accuracy": round((margin > 0).float().mean().item(), 4),
+            "mean_margin": round(margin.mean().item(), 4)}
+
+
+def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | None = None) -> dict:
+    import torch
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
+
+    cfg = preset.rm
+    timer = Timer()
+    set_seed(seed)
+    torch.set_num_threads(cpu_threads())
+    d = stage_dir(out, "rm")
+    write_json(d / "config.json", {"stage": "rm", "preset": preset.name, "seed": seed, "rm": cfg,
+                                   "extra_rankings": extra_rankings or [], "model": preset.model, "quant": preset.quant})
+    world = world_dir(out)
+    kg = read_json(world / "world.json")
+    prompts = load_jsonl(world / "rank_prompts.jsonl")
+    if cfg.max_prompts > 0:
+        prompts = prompts[:cfg.max_prompts]
+
+    sft_path = str(require(Path(out) / "sft" / "merged", "The SFT model", "Run `zj sft` first, with the same --out."))
+    tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
+    policy = load_for_inference(sft_path, preset)
+    rankings = sample_and_rank(policy, tokenizer, prompts, kg, cfg, seed)
+    del policy
+    for path in extra_rankings or []:
+        rankings += human_rankings(path)
+    write_jsonl(d / "rankings.jsonl", rankings)
+    # The ranking tool's formats: its input (prompt + 4 answers) and its output (answers best to worst).
+    write_ranking_input(d / "ranking_input.json", rankings)
+    write_ranking_output(d / "ranking_output.tsv", [
+        {"id": r["id"], "messages": r["messages"],
+         "ranked": [t for _, t in sorted(zip(r["ranks"], r["responses"]), key=lambda x: x[0])]} for r in rankings])
+
+    # Split by prompt, not by pair, so no dev prompt is seen in training.
+    ids = sorted({r["id"] for r in rankings})
+    random.Random(seed).shuffle(ids)
+    n_dev = max(1, int(round(len(ids) * cfg.dev_fraction)))
+    dev_ids = set(ids[:n_dev])
+    pairs = rankings_to_pairs(rankings)
+    train_pairs = [p for p in pairs if p["prompt_id"] not in dev_ids]
+    dev_pairs = [p for p in pairs if p["prompt_id"] in dev_ids]
+    ties = sum(len(r["ranks"]) - len(set(r["ranks"])) for r in rankings)
+    all_tied = sum(len(set(r["ranks"])) == 1 for r in rankings)
+    too_long = [p for p in train_pairs if _too_long(tokenizer, p, cfg.max_length)]
+    train_pairs = [p for p in train_pairs if p not in too_long]
+    if not train_pairs:
+        raise ZJError(f"No training pairs for the reward model: {len(rankings)} rankings, {all_tied} with all answers "
+                      "tied. Sample more prompts (rm.max_prompts) or at a higher temperature (rm.temperature).")
+
+    init = str(Path(out) / "pretrain" / "merged")  # the paper trains the reward model from the pre-trained base
+    rm = load_model(init, preset.model, preset.quant, kind="seqcls")
+    rm.config.pad_token_id = tokenizer.pad_token_id
+    rm = prepare_qlora(rm, cfg.lora, task_type="SEQ_CLS", quantized=preset.quant.load_in_4bit)
+    before = pairwise_accuracy(rm, tokenizer, dev_pairs)
+    keep = ["prompt", "chosen", "rejected"]
+    args = training_args(RewardConfig, cfg, d, seed, preset, max_length=None, remove_unused_columns=True)
+    trainer = RewardTrainer(model=rm, args=args, processing_class=tokenizer,
+                            train_dataset=Dataset.from_list([{k: p[k] for k in keep} for p in train_pairs]),
+                            callbacks=[JsonlLogCallback(d / "log.jsonl")])
+    restore_adapter_dtype(trainer.model, preset)
+    result = trainer.train()
+    after_dev = pairwise_accuracy(rm, tokenizer, dev_pairs)
+    after_train = pairwise_accuracy(rm, tokenizer, train_pairs)
+
+    rm.save_pretrained(d / "adapter", safe_serialization=True)
+    merge_adapter(init, d / "adapter", d / "merged", preset.model, kind="seqcls", tokenizer=tokenizer)
+    metrics = {
+        "prompts": len(prompts), "rankings": len(rankings), "answers_per_prompt": cfg.n_samples,
+        "tied_answers": ties, "rankings_all_tied": all_tied, "pairs": len(pairs),
+        "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs),
+        "dropped_too_long": len(too_long), "steps": result.global_step, "train_loss": round(result.training_loss, 4),
+        "trainable_params": count_params(rm)["trainable"],
+        "dev_accuracy_before": before["accuracy"], "dev_accuracy": after_dev["accuracy"],
+        "dev_mean_margin": after_dev["mean_margin"], "train_accuracy": after_train["accuracy"],
+        "seconds": timer(),
+    }
+    write_json(d / "metrics.json", metrics)
+    return metrics
+
+
+def _too_long(tokenizer, pair: dict, max_length: int) -> bool:
+    return any(len(tokenizer.apply_chat_template(pair["prompt"] + pair[k], tokenize=True)) > max_length
+               for k in ("chosen", "rejected"))
+
+
+def load_reward_model(out: str | Path, preset):
+    """The merged reward model (a 1-output sequence classifier), frozen, for PPO and evaluation."""
+    path = str(require(Path(out) / "rm" / "merged", "The reward model", "Run `zj rm` first, with the same --out."))
+    model = load_for_inference(path, preset, kind="seqcls")
+    model.eval().requires_grad_(False)
+    return model
