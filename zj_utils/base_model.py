@@ -35,14 +35,23 @@ def world_texts_for_tokenizer(world_dir: Path) -> list[str]:
     return texts
 
 
-def pack_tokens(token_lists: list[list[int]], block_size: int, eos_id: int) -> list[list[int]]:
-    """Concatenate documents (each closed by EOS) and cut into equal blocks: no padding is trained on."""
-    flat: list[int] = []
-    for ids in token_lists:
-        flat.extend(ids)
-        flat.append(eos_id)
-    n = len(flat) // block_size
-    return [flat[i * block_size:(i + 1) * block_size] for i in range(n)]
+def pack_tokens(token_lists: list[list[int]], block_size: int, eos_id: int, epochs: int = 1,
+                seed: int = 0) -> list[list[int]]:
+    """Concatenate documents (each closed by EOS) and cut into equal blocks: no padding is trained on.
+    Each epoch packs the documents in a new order, so blocks differ between epochs: with fixed blocks a small
+    model learns each block by heart from its own context instead of learning the documents' content."""
+    import random
+
+    blocks: list[list[int]] = []
+    for epoch in range(epochs):
+        order = list(range(len(token_lists)))
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        flat: list[int] = []
+        for i in order:
+            flat.extend(token_lists[i])
+            flat.append(eos_id)
+        blocks += [flat[i * block_size:(i + 1) * block_size] for i in range(len(flat) // block_size)]
+    return blocks
 
 
 def build_base(preset, out: str | Path, seed: int = 0) -> dict:
@@ -69,7 +78,9 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
 
     general = [json.loads(l)["text"] for l in (world / "general.jsonl").read_text(encoding="utf-8").splitlines()]
     ids = tokenizer(general, add_special_tokens=False)["input_ids"]
-    blocks = torch.tensor(pack_tokens(ids, mc.max_length, tokenizer.eos_token_id))
+    per_epoch = max(1, sum(len(x) + 1 for x in ids) // mc.max_length)
+    epochs = -(-mc.base_steps * mc.base_batch_size // per_epoch)
+    blocks = torch.tensor(pack_tokens(ids, mc.max_length, tokenizer.eos_token_id, epochs=epochs, seed=seed))
 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=mc.hidden_size, intermediate_size=mc.intermediate_size,
@@ -80,14 +91,13 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
     model = LlamaForCausalLM(config).to(device())
     opt = torch.optim.AdamW(model.parameters(), lr=mc.base_learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, max(1, mc.base_steps // 20), mc.base_steps)
-    gen = torch.Generator().manual_seed(seed)
     log = (d / "log.jsonl").open("w", encoding="utf-8")
     model.train()
     losses = []
     bar = tqdm(range(mc.base_steps), desc="base model (from scratch)")
     for step in bar:
         t0 = time.perf_counter()
-        batch = blocks[torch.randint(len(blocks), (mc.base_batch_size,), generator=gen)].to(device())
+        batch = blocks[step * mc.base_batch_size:(step + 1) * mc.base_batch_size].to(device())
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -105,7 +115,7 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
     tail = losses[-10:]
     metrics = {
         "built": True, "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
-        "train_blocks": len(blocks), "steps": mc.base_steps, "first_loss": round(losses[0], 4),
+        "train_blocks": len(blocks), "epochs": epochs, "steps": mc.base_steps, "first_loss": round(losses[0], 4),
         "final_loss": round(sum(tail) / len(tail), 4), "final_ppl": round(math.exp(sum(tail) / len(tail)), 2),
         "seconds": timer(),
     }

@@ -150,7 +150,21 @@ def load_model(path: str, model_cfg, quant=None, kind: str = "causal", num_label
         raise _hub_error(path, e) from e
     if quant is None or not quant.load_in_4bit:
         model.to(device())
+    else:
+        keep_4bit_trainable(model)
     return model
+
+
+def keep_4bit_trainable(model) -> None:
+    """bitsandbytes (0.50) repacks a CPU nf4 layer into an inference-only layout the first time it runs in eval
+    mode without grad (on CPUs with AVX512-BF16), and from then on its matmul has no autograd: training after an
+    evaluation silently sends no gradient to the layers below. We evaluate before training (knowledge probes,
+    PPO rollouts), so switch that repacking off."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def device():

@@ -16,7 +16,12 @@ def choice_logprobs(model, tokenizer, prompt: str, choices: list[str]) -> list[f
     """Sum of log p(choice tokens | prompt) for each choice, in one batch."""
     dev = _model_device(model)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    c_ids = []
+    for c in choices:
+        # Tokenise prompt+choice together (as the model saw text in training) and score what follows the prompt.
+        whole = tokenizer(prompt + c, add_special_tokens=False)["input_ids"]
+        c_ids.append(whole[len(p_ids):] if whole[:len(p_ids)] == p_ids else
+                     tokenizer(c, add_special_tokens=False)["input_ids"])
     seqs = [p_ids + c for c in c_ids]
     width = max(map(len, seqs))
     pad = tokenizer.pad_token_id

@@ -53,7 +53,7 @@ class LoraSpec:
 class PretrainConfig:
     lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=32, alpha=64, modules_to_save=["embed_tokens", "lm_head"]))
     learning_rate: float = 3e-3
-    epochs: float = 3.0
+    epochs: int = 3  # each epoch packs the documents in a new order
     max_steps: int = -1
     batch_size: int = 16
     grad_accum: int = 1
@@ -137,7 +137,7 @@ PRESETS: dict[str, dict] = {
         "description": "A small real chat model on one consumer GPU (>= 12 GB) with QLoRA, on the synthetic world.",
         "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "dtype": "bfloat16", "max_length": 1024},
         "quant": {"compute_dtype": "bfloat16"},
-        "pretrain": {"learning_rate": 2e-4, "epochs": 1.0, "batch_size": 4, "grad_accum": 4, "block_size": 1024,
+        "pretrain": {"learning_rate": 2e-4, "epochs": 1, "batch_size": 4, "grad_accum": 4, "block_size": 1024,
                      "lora": {"r": 16, "alpha": 32, "modules_to_save": []}},
         "sft": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 4, "grad_accum": 4, "max_length": 1024},
         "rm": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "learning_rate": 2e-4, "batch_size": 8,
@@ -149,7 +149,7 @@ PRESETS: dict[str, dict] = {
         "description": "The paper's set-up (Ziya-LLaMA-13B base, ../shared/paper/README.md) with QLoRA on one 40-80 GB GPU.",
         "model": {"name_or_path": "IDEA-CCNL/Ziya-LLaMA-13B-v1", "dtype": "bfloat16", "max_length": 2048},
         "quant": {"compute_dtype": "bfloat16"},
-        "pretrain": {"learning_rate": 5e-5, "epochs": 3.0, "batch_size": 4, "grad_accum": 4, "block_size": 2048,
+        "pretrain": {"learning_rate": 5e-5, "epochs": 3, "batch_size": 4, "grad_accum": 4, "block_size": 2048,
                      "lora": {"r": 16, "alpha": 32, "modules_to_save": []}},
         "sft": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 4, "grad_accum": 4, "max_length": 2048,
                 "lora": {"r": 16, "alpha": 32, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}},

@@ -42,14 +42,15 @@ def run_pretrain(preset, out: str | Path, seed: int = 0) -> dict:
               "probes": probe_accuracy(model, tokenizer, probes)}
 
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    blocks = pack_tokens(ids, cfg.block_size, tokenizer.eos_token_id)
+    # Epochs are unrolled into the packing (a new document order each), so the Trainer makes one pass.
+    blocks = pack_tokens(ids, cfg.block_size, tokenizer.eos_token_id, epochs=cfg.epochs, seed=seed)
     train = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 
     model = prepare_qlora(model, cfg.lora, quantized=preset.quant.load_in_4bit)
     params = count_params(model)
     trainer = Trainer(
         model=model,
-        args=training_args(TrainingArguments, cfg, d, seed, preset),
+        args=training_args(TrainingArguments, cfg, d, seed, preset, num_train_epochs=1),
         train_dataset=train,
         data_collator=default_data_collator,
         callbacks=[JsonlLogCallback(d / "log.jsonl")],
@@ -61,7 +62,7 @@ def run_pretrain(preset, out: str | Path, seed: int = 0) -> dict:
     model.save_pretrained(d / "adapter", safe_serialization=True)
     merge_adapter(base_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {
-        "train_texts": len(texts), "train_blocks": len(blocks), "block_size": cfg.block_size,
+        "train_texts": len(texts), "epochs": cfg.epochs, "train_blocks": len(blocks), "block_size": cfg.block_size,
         "train_tokens": len(blocks) * cfg.block_size, "steps": result.global_step,
         "train_loss": round(result.training_loss, 4), "trainable_params": params["trainable"],
         "before": before, "after": after,

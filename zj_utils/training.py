@@ -43,7 +43,7 @@ def training_args(cls, stage_cfg, out_dir: Path, seed: int, preset, **extra):
         per_device_eval_batch_size=stage_cfg.batch_size,
         gradient_accumulation_steps=getattr(stage_cfg, "grad_accum", 1),
         learning_rate=stage_cfg.learning_rate,
-        num_train_epochs=stage_cfg.epochs,
+        num_train_epochs=extra.pop("num_train_epochs", stage_cfg.epochs),
         max_steps=getattr(stage_cfg, "max_steps", -1),
         lr_scheduler_type="cosine",
         warmup_steps=getattr(stage_cfg, "warmup_ratio", 0.05),

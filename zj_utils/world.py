@@ -574,9 +574,10 @@ def _prompts(cfg, seed, kg, gold) -> dict[str, list]:
 
 
 # Held-out cloze phrasings: no training text uses them, so a probe tests knowledge, not a memorised string.
-PROBES = {"department": "{n}的就诊科室是", "exam": "{n}的确诊检查是", "drug": "{n}的一线用药是",
-          "alt_drug": "{n}的替代用药是", "contraindication": "{n}的用药禁忌是", "red_flag": "{n}需要急诊的危险信号是",
-          "exposure": "{n}的关键接触史是"}
+# Each ends in "：" so that the answer starts a new pre-token and is scored on its own tokens.
+PROBES = {"department": "{n}的就诊科室：", "exam": "{n}的确诊检查：", "drug": "{n}的一线用药：",
+          "alt_drug": "{n}的替代用药：", "contraindication": "{n}的用药禁忌：", "red_flag": "{n}需要急诊的危险信号：",
+          "exposure": "{n}的关键接触史："}
 
 
 def _probe_value(d, attr) -> str:
