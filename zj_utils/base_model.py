@@ -78,9 +78,9 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
 
     general = [json.loads(l)["text"] for l in (world / "general.jsonl").read_text(encoding="utf-8").splitlines()]
     ids = tokenizer(general, add_special_tokens=False)["input_ids"]
-    per_epoch = max(1, sum(len(x) + 1 for x in ids) // mc.max_length)
+    per_epoch = max(1, sum(len(x) + 1 for x in ids) // mc.base_block_size)
     epochs = -(-mc.base_steps * mc.base_batch_size // per_epoch)
-    blocks = torch.tensor(pack_tokens(ids, mc.max_length, tokenizer.eos_token_id, epochs=epochs, seed=seed))
+    blocks = torch.tensor(pack_tokens(ids, mc.base_block_size, tokenizer.eos_token_id, epochs=epochs, seed=seed))
 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=mc.hidden_size, intermediate_size=mc.intermediate_size,

@@ -27,8 +27,9 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     max_length: int = 256
-    base_steps: int = 300
+    base_steps: int = 400
     base_batch_size: int = 16
+    base_block_size: int = 128
     base_learning_rate: float = 3e-3
 
 
@@ -53,11 +54,11 @@ class LoraSpec:
 class PretrainConfig:
     lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=32, alpha=64, modules_to_save=["embed_tokens", "lm_head"]))
     learning_rate: float = 3e-3
-    epochs: int = 3  # each epoch packs the documents in a new order
+    epochs: int = 45  # each epoch packs the documents in a new order; facts need many passes in a tiny model
     max_steps: int = -1
-    batch_size: int = 16
+    batch_size: int = 8
     grad_accum: int = 1
-    block_size: int = 256
+    block_size: int = 128
     warmup_ratio: float = 0.05
     max_texts: int = -1
 
@@ -126,8 +127,8 @@ PRESETS: dict[str, dict] = {
                   "sft_multiturn_per_disease": 2, "n_sft_nlp": 16, "n_sft_general": 16, "sft_safety_per_disease": 2,
                   "rank_prompts_per_disease": 2, "test_per_disease": 1, "heldout_per_disease": 1},
         "model": {"vocab_size": 900, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,
-                  "max_length": 160, "base_steps": 20, "base_batch_size": 8},
-        "pretrain": {"max_steps": 6, "batch_size": 8, "block_size": 128},
+                  "max_length": 160, "base_steps": 20, "base_batch_size": 8, "base_block_size": 64},
+        "pretrain": {"epochs": 2, "max_steps": 6, "batch_size": 8, "block_size": 64},
         "sft": {"max_steps": 6, "batch_size": 8, "max_length": 160},
         "rm": {"max_prompts": 12, "max_new_tokens": 24, "epochs": 1.0, "batch_size": 8, "max_length": 200},
         "ppo": {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 16},

@@ -67,6 +67,7 @@ class WorldConfig:
     passages_per_disease: int = 12       # pre-training texts per disease (passage / triples / Q&A in turn)
     heldout_per_disease: int = 3         # held-out phrasings per disease, for perplexity
     n_general_texts: int = 3000
+    general_fact_share: float = 0.5  # share of general texts that state facts about invented towns
     sft_single_per_disease: int = 8
     sft_multiturn_per_disease: int = 10
     n_sft_nlp: int = 150
@@ -355,15 +356,56 @@ GENERAL_TEMPLATES = [
 WEEKDAYS = "一二三四五六日"
 
 
+# A general (non-medical) knowledge graph of invented towns, rendered in the same three formats as the medical
+# text (passage, triples, Q&A). The stand-in base model learns from it how facts about a named entity are stored
+# and looked up, as a real base model has learned from the web, so that continued pre-training has to add only
+# the new medical facts, not the skill of binding an attribute to a name.
+TOWN_CHARS = "石桥溪川坪湾岭塘庄堡泉林河坝冈屯洲浦"
+TOWN_ATTRS = {
+    "region": ("地区", ["东部山区", "西部高原", "南部沿海", "北部平原", "中部盆地", "东北林区"]),
+    "food": ("特产", ["茶叶", "柑橘", "米粉", "腊肉", "蜂蜜", "板栗", "豆腐干", "竹笋", "桂花糕", "酸菜"]),
+    "sight": ("名胜", ["古塔", "瀑布", "石拱桥", "老戏台", "竹海", "溶洞", "古井", "梯田"]),
+    "craft": ("手艺", ["剪纸", "竹编", "陶器", "刺绣", "木雕", "扎染", "风筝", "制伞"]),
+    "month": ("节日月份", ["一月", "三月", "五月", "七月", "九月", "十一月"]),
+}
+TOWN_TEXTS = (
+    ["{t}是{region}的一个小镇，最有名的特产是{food}。镇上的{sight}吸引了很多游客，当地人擅长{craft}，每年{month}举办庙会。",
+     "{region}的{t}以{food}闻名。到了{t}，一定要看看{sight}。{t}的{craft}手艺代代相传，庙会在{month}。"],
+    ["问：{t}在哪里？答：{region}。问：{t}有什么特产？答：{food}。问：{t}有什么名胜？答：{sight}。",
+     "问：{t}的人擅长什么手艺？答：{craft}。问：{t}的庙会在几月？答：{month}。问：{t}的特产是什么？答：{food}。"],
+)
+
+
+def _towns(seed) -> list[dict]:
+    rng = random.Random(f"{seed}:towns")
+    names: list[str] = []
+    while len(names) < 40:
+        n = "".join(rng.sample(TOWN_CHARS, 2)) + "镇"
+        if n not in names:
+            names.append(n)
+    return [{"name": n, **{k: rng.choice(v) for k, (_, v) in TOWN_ATTRS.items()}} for n in names]
+
+
+def _town_text(rng, town) -> str:
+    kind = rng.randrange(3)
+    if kind == 2:
+        return "".join(f"（{town['name']}，{label}，{town[k]}）" for k, (label, _) in TOWN_ATTRS.items())
+    return rng.choice(TOWN_TEXTS[kind]).format(t=town["name"], **{k: town[k] for k in TOWN_ATTRS})
+
+
 def _general(cfg, seed) -> list[dict]:
     rng = random.Random(f"{seed}:general")
+    towns = _towns(seed)
     out = []
     for _ in range(cfg.n_general_texts):
         parts = []
-        for t in rng.sample(GENERAL_TEMPLATES, rng.choice([1, 2, 2, 3])):
-            a, b = rng.randint(1, 30), rng.randint(1, 12)
-            slots = {k: rng.choice(v) for k, v in GENERAL_SLOTS.items()}
-            parts.append(t.format(a=a, b=b, ab=a + b, axb=a * b, wd=rng.choice(WEEKDAYS), **slots))
+        if rng.random() < cfg.general_fact_share:
+            parts.append(_town_text(rng, rng.choice(towns)))
+        else:
+            for t in rng.sample(GENERAL_TEMPLATES, rng.choice([1, 2, 2, 3])):
+                a, b = rng.randint(1, 30), rng.randint(1, 12)
+                slots = {k: rng.choice(v) for k, v in GENERAL_SLOTS.items()}
+                parts.append(t.format(a=a, b=b, ab=a + b, axb=a * b, wd=rng.choice(WEEKDAYS), **slots))
         out.append({"text": MARKER + "".join(parts)})
     return out
 
