@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from zj_utils.data import (DataError, load_cmtmedqa, load_dialogues, load_jsonl, load_messages_jsonl,
+from zj_utils.data import (FORMATS, DataError, load_cmtmedqa, load_dialogues, load_jsonl, load_messages_jsonl,
                            load_ranking_input, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs,
                            to_preference_records, validate, write_jsonl, write_ranking_input,
                            write_ranking_output)
@@ -217,8 +217,8 @@ def test_bad_jsonl_line(tmp_path):
     _raises(p, "line 2", "field 'messages[0].role'", "doctor")
     p.write_text(json.dumps({"id": "2", "messages": [{"role": "user", "content": 1}]}) + "\n")
     _raises(p, "line 1", "field 'messages[0].content'")
-    p.write_text(json.dumps({"id": "2", "text": "x"}) + "\n")
-    _raises(p, "line 1", "field 'messages'", "missing")
+    p.write_text(json.dumps({"id": "2", "text": "x"}) + "\n")  # auto-detected as a pre-training corpus
+    _raises(p, "line 1", "field 'messages'", "missing", loader=load_messages_jsonl, format="messages_jsonl")
 
 
 def test_bad_tsv(tmp_path):
@@ -269,5 +269,105 @@ def test_format_selection(tmp_path):
     assert len(load_dialogues(p, format="cmtmedqa")) == 1
     with pytest.raises(DataError, match="known formats"):
         load_dialogues(p, format="parquet")
-    assert validate(p, format="nope")[0].endswith("known formats: cmtmedqa, ranking_input, ranking_output, "
-                                                  "messages_jsonl")
+    assert validate(p, format="nope")[0].endswith("known formats: " + ", ".join(FORMATS))
+
+
+# ---------------------------------------------------------------- streaming, more formats, detection, datasets
+
+@real
+def test_streaming_reader_matches_json_at_any_chunk_size(monkeypatch):
+    import zj_utils.data as data
+    whole = load_cmtmedqa(CMT)
+    for chunk in (7, 1000, 65536):  # items and multi-byte characters cut at every kind of boundary
+        monkeypatch.setattr(data, "CHUNK", chunk)
+        assert load_cmtmedqa(CMT) == whole
+    check = data.check(CMT)
+    assert check == {"format": "cmtmedqa", "counts": {"multi_turn": 1000, "safety": 144}, "records": 1144,
+                     "problems": []}
+
+
+def test_streaming_errors_at_chunk_boundaries(tmp_path, monkeypatch):
+    import zj_utils.data as data
+    text = json.dumps([MT, SAFE, MT], ensure_ascii=False, indent=2)
+    p = tmp_path / "d.json"
+    for chunk in (5, 64, 1 << 20):
+        monkeypatch.setattr(data, "CHUNK", chunk)
+        for cut in (1, 40, len(text) // 2, len(text) - 3):
+            p.write_text(text[:cut], encoding="utf-8")
+            msg = _raises(p, "invalid JSON")
+            assert "line " in msg and "column" in msg
+        bad = text.replace('"output": "请来复诊。"', '"output": "请来复诊。",,', 2)
+        p.write_text(bad, encoding="utf-8")
+        with pytest.raises(json.JSONDecodeError) as e:
+            json.loads(bad)
+        _raises(p, f"line {e.value.lineno} column {e.value.colno}: invalid JSON: {e.value.msg}")
+        p.write_text(text[:-1] + ",]", encoding="utf-8")
+        _raises(p, "trailing comma")
+        p.write_text(text + "\n[]", encoding="utf-8")
+        _raises(p, "extra data")
+
+
+def test_huatuo_alpaca_sharegpt_text(tmp_path):
+    hua = [{"id": "", "instruction": ["头痛怎么办？"], "input": "", "output": ["多休息。", "看医生。"]},
+           {"id": "", "instruction": ["发烧"], "input": "三天", "output": ["请就医"]}]
+    p = tmp_path / "test_datasets.jsonl"
+    write_jsonl(p, hua)
+    d = load_dialogues(p)
+    assert [x["id"] for x in d] == ["test_datasets-0", "test_datasets-1"] and d[0]["kind"] == "single_turn"
+    assert d[0]["messages"][1]["content"] == "多休息。" and d[0]["meta"]["more_outputs"] == ["看医生。"]
+    assert d[1]["messages"][0]["content"] == "发烧\n三天"
+    assert load_dialogues(_write_json(tmp_path, hua, "h.json")) == [dict(x, source="h", id=f"h-{i}")
+                                                                     for i, x in enumerate(d)]
+    _raises(_write_json(tmp_path, [dict(hua[0], instruction=[1])], "h.json"), "record 0", "field 'instruction[0]'")
+
+    alp = [{"instruction": "解释高血压", "input": "", "output": "血压持续升高。"},
+           {"instruction": "翻译", "input": "fever", "output": "发热", "system": "你是医生", "history": [["你好", "你好"]]}]
+    d = load_dialogues(_write_json(tmp_path, alp, "alpaca.json"))
+    assert [x["kind"] for x in d] == ["single_turn", "multi_turn"]
+    assert [m["role"] for m in d[1]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert d[1]["messages"][3]["content"] == "翻译\nfever"
+    _raises(_write_json(tmp_path, [alp[0], {"instruction": "x"}], "a.json"), "record 1", "field 'output'", "missing")
+
+    q = tmp_path / "sharegpt.jsonl"
+    write_jsonl(q, [{"id": "c1", "conversations": [{"from": "human", "value": "嗨"}, {"from": "gpt", "value": "您好"}]}])
+    assert load_dialogues(q)[0]["messages"] == [{"role": "user", "content": "嗨"}, {"role": "assistant", "content": "您好"}]
+    write_jsonl(q, [{"conversations": [{"from": "doctor", "value": "嗨"}]}])
+    _raises(q, "line 1", "conversations[0].from", "doctor")
+
+    t = tmp_path / "corpus.txt"
+    t.write_bytes("\ufeff第一篇。\r\n\r\n  第二篇。 \r\n".encode("utf-8"))
+    d = load_dialogues(t)
+    assert [x["messages"][0]["content"] for x in d] == ["第一篇。", "第二篇。"] and d[1]["id"] == "corpus-3"
+    j = tmp_path / "pretrain.jsonl"
+    write_jsonl(j, [{"text": "文本一", "kind": "passage"}, {"text": ""}])
+    _raises(j, "line 2", "field 'text'", "empty")
+
+
+def test_detect_format(tmp_path):
+    from zj_utils.data import detect_format
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "x", "output": "y"}])
+    write_jsonl(tmp_path / "m.jsonl", [{"messages": []}])
+    write_jsonl(tmp_path / "t.jsonl", [{"text": "x"}])
+    write_jsonl(tmp_path / "h.jsonl", [{"id": "", "instruction": ["x"], "output": ["y"]}])
+    (tmp_path / "r.json").write_text(json.dumps({"0": {"query": "q"}}), encoding="utf-8")
+    (tmp_path / "c.data").write_text(json.dumps([SAFE]), encoding="utf-8")
+    got = {p.name: detect_format(p) for p in sorted(tmp_path.iterdir())}
+    assert got == {"a.jsonl": "alpaca", "c.data": "cmtmedqa", "h.jsonl": "huatuo", "m.jsonl": "messages_jsonl",
+                   "r.json": "ranking_input", "t.jsonl": "text_jsonl"}
+    _raises(tmp_path / "missing.json", "file", "no such file")
+
+
+def test_to_dataset(tmp_path):
+    from zj_utils.data import to_dataset
+    p = _write_json(tmp_path, [MT, SAFE], "d.json")
+    ds = to_dataset(p, cache_dir=tmp_path / "cache")
+    assert ds.num_rows == 2 and ds.column_names == ["id", "source", "kind", "messages", "meta"]
+    assert ds[0]["messages"] == load_cmtmedqa(p)[0]["messages"] and json.loads(ds[0]["meta"])["cate1"] == "内科"
+    p.write_text(json.dumps([MT, SAFE, SAFE], ensure_ascii=False), encoding="utf-8")  # a changed file is re-read
+    assert to_dataset(p, cache_dir=tmp_path / "cache").num_rows == 3
+    q = _write_json(tmp_path, [MT, {"instruct": 1}], "bad.json")
+    with pytest.raises(DataError, match="record 1"):
+        to_dataset(q, cache_dir=tmp_path / "cache")
+    r = to_dataset([{"id": "a", "source": "s", "kind": "ranking", "messages": [{"role": "user", "content": "q"}],
+                     "responses": ["1", "2", "3", "4"], "meta": {}}])
+    assert json.loads(r[0]["meta"]) == {"responses": ["1", "2", "3", "4"]}

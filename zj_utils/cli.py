@@ -3,6 +3,8 @@
     zj world|base|pretrain|sft|rm|ppo|eval --preset tiny --out runs/tiny-seed0 --seed 0 [--set sft.epochs=2]
     zj reproduce --preset tiny            # every notebook, headless, with papermill
     zj presets                            # what the presets are
+    zj judge A.jsonl B.jsonl --tests TESTS.jsonl [--judge rule|openai|local] [--world OUT/world] [--model NAME]
+    zj generate --model PATH --tests TESTS.jsonl --out answers.jsonl
 """
 from __future__ import annotations
 
@@ -47,6 +49,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-notebooks", action="store_true", help="call the stage functions directly instead")
     p.add_argument("--figures", default="figures", help="where figures go (default figures/)")
     sub.add_parser("presets", help="list the presets")
+    from .data import FORMATS
+    from .fetch import DATASETS
+    p = sub.add_parser("validate", help="check a data file; one line per problem as PATH:LOCATION: problem",
+                       description="Read a data file the way training would and report every problem. "
+                                   "Exit 0 with 'ok: N records' when it is clean, 1 when it is not.")
+    p.add_argument("path")
+    p.add_argument("--format", choices=FORMATS, default=None, help="the file's format (default: detected)")
+    p = sub.add_parser("data", help="data sets: fetch the full public sets into data/raw/")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("fetch", help="download a public data set from the Hugging Face hub",
+                            description="Known: " + "; ".join(f"{k}: {v[1]}" for k, v in DATASETS.items()))
+    p.add_argument("name", choices=list(DATASETS))
+    p.add_argument("--dest", default=None, help="folder (default data/raw/NAME)")
+    p.add_argument("--force", action="store_true", help="download again even if the folder has files")
+    p = sub.add_parser("judge", help="win/tie/loss of answer file A against B on a test set, with bootstrap CIs",
+                       description="Judge two answer files ({id, answer} JSONL) pairwise on a test set.")
+    p.add_argument("a", help="answers of system A (JSONL, one {\"id\", \"answer\"} per test item)")
+    p.add_argument("b", help="answers of system B (same shape)")
+    p.add_argument("--tests", action="append", required=True, metavar="TESTS.jsonl",
+                   help="test items {id, messages, expect} (repeatable)")
+    p.add_argument("--judge", choices=("rule", "openai", "local"), default="rule")
+    p.add_argument("--world", default=None, help="OUT/world (or its world.json): the rule judge's knowledge graph")
+    p.add_argument("--model", default=None, help="openai: model name (key from $OPENAI_API_KEY, URL from "
+                   "$OPENAI_BASE_URL); local: model folder")
+    p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--cache", default=None, help="openai: JSONL cache of raw verdicts (default: <out>.cache.jsonl "
+                   "or judge_cache.jsonl)")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("generate", help="answer every test item with a local model ({id, answer} JSONL)")
+    p.add_argument("--model", required=True, help="model folder (or hub id)")
+    p.add_argument("--tests", action="append", required=True, metavar="TESTS.jsonl")
+    p.add_argument("--out", required=True, help="answers JSONL to write")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
     return parser
 
 
@@ -64,11 +102,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    # data commands first: they need no torch (presets import it)
+    if args.command == "validate":
+        return _validate(args.path, args.format)
+    if args.command == "data":
+        from .fetch import fetch
+        print(f"{args.name}: {fetch(args.name, args.dest, force=args.force)}")
+        return 0
     from .presets import PRESETS, get_preset
 
     if args.command == "presets":
         for name, spec in PRESETS.items():
             print(f"{name:16s} {spec.get('description', '')}")
+        return 0
+    if args.command == "judge":
+        from .compare import format_table, judge_files
+
+        kwargs = {}
+        if args.judge == "openai":
+            kwargs["cache_path"] = args.cache or (f"{args.out}.cache.jsonl" if args.out else "judge_cache.jsonl")
+        result = judge_files(args.a, args.b, args.tests, judge=args.judge, world=args.world, model=args.model,
+                             out=args.out, n_boot=args.n_boot, seed=args.seed, judge_kwargs=kwargs,
+                             progress=args.judge != "rule")
+        print(format_table(result, args.a, args.b))
+        if args.out:
+            print(f"wrote {args.out}")
+        return 0
+    if args.command == "generate":
+        from .compare import generate_answers
+
+        n = generate_answers(args.model, args.tests, args.out, args.max_new_tokens, args.batch_size,
+                             args.repetition_penalty)
+        print(f"wrote {n} answers to {args.out}")
         return 0
     from .pipeline import default_out, reproduce, run_stage
 
@@ -84,6 +149,28 @@ def _dispatch(args) -> int:
     metrics = run_stage(args.command, preset, out, args.seed, **kwargs)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     print(f"wrote {out}/{args.command}/")
+    return 0
+
+
+def _validate(path: str, format: str | None) -> int:
+    from .data import check
+
+    try:
+        result = check(path, format)
+    except Exception as e:  # a bug in a reader must still read as one line, not a traceback
+        print(f"{path}:file: could not be read ({type(e).__name__}: {e})")
+        return 1
+    for problem in result["problems"]:
+        print(problem)
+    if result["problems"]:
+        n = len(result["problems"])
+        how = f" (read as {result['format']})" if result["format"] else ""
+        print(f"zj validate: {n} problem{'s' * (n != 1)} in {path}{how}", file=sys.stderr)
+        return 1
+    print(f"format: {result['format']}")
+    for kind, n in sorted(result["counts"].items(), key=lambda kv: -kv[1]):
+        print(f"  {kind}: {n}")
+    print(f"ok: {result['records']} records")
     return 0
 
 

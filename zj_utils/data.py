@@ -1,7 +1,21 @@
 """Loaders for every dialogue file the project reads, into one schema (docs/DESIGN.md).
 
-Every dialogue is ``{"id", "source", "kind", "messages": [{"role", "content"}], "meta"}``.
-Readers are strict: a malformed file raises :class:`DataError` naming ``PATH:LOCATION: problem``
+Every dialogue is ``{"id", "source", "kind", "messages": [{"role", "content"}], "meta"}``; a pre-training
+document is one too, with kind ``text`` and its text as a single assistant message.
+Formats (detected from the extension and the content, or named):
+
+- ``cmtmedqa``: JSON array of multi-turn records ``{id, cate1, cate2, instruction, input, output, history}``
+  mixed with safety records ``{instruct, output}``;
+- ``huatuo``: Huatuo-26M ``{id, instruction: [str], input, output: [str]}`` (``id`` may be empty);
+- ``alpaca``: ``{instruction, input, output}`` (optional ``system``, ``history``, ``id``);
+- ``messages_jsonl``: chat records with ``messages: [{role, content}]`` (OpenAI) or
+  ``conversations: [{from, value}]`` (ShareGPT);
+- ``text_jsonl``: pre-training records ``{text, ...}``; ``text``: plain text, one document per line;
+- ``ranking_input`` / ``ranking_output``: the ranking tool's JSON ``{id: {query, history, response_0..3}}``
+  and TSV ``id, query, history, rank1..rank4``.
+
+Record formats read either a JSON array or JSON Lines, both streamed: a large file is never held in memory
+whole. Readers are strict: a malformed file raises :class:`DataError` naming ``PATH:LOCATION: problem``
 at the first problem, while :func:`validate` runs the same checks and collects every problem.
 Also here: turning a ranking of 4 answers (with ties) into preference pairs for the reward model.
 """
@@ -11,11 +25,19 @@ import ast
 import csv
 import io
 import json
+import re
+from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
-FORMATS = ("cmtmedqa", "ranking_input", "ranking_output", "messages_jsonl")
+FORMATS = ("cmtmedqa", "ranking_input", "ranking_output", "messages_jsonl", "huatuo", "alpaca", "text",
+           "text_jsonl")
+RECORD_FORMATS = ("cmtmedqa", "messages_jsonl", "huatuo", "alpaca", "text_jsonl")  # JSON array or JSONL
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "bot": "assistant", "chatgpt": "assistant", "system": "system"}
 N_RESPONSES = 4  # the ranking tool always shows 4 answers
+CHUNK = 1 << 20  # bytes read at a time by the streaming readers
 
 
 class DataError(ValueError):
@@ -49,27 +71,85 @@ class _Report:
 
 
 def _tname(x) -> str:
-    return {dict: "object", list: "list", str: "str", type(None): "null"}.get(type(x), type(x).__name__)
+    return {dict: "object", list: "list", str: "str", type(None): "null", bool: "bool"}.get(type(x), type(x).__name__)
 
 
-# ---------------------------------------------------------------- reading text and JSON
+# ---------------------------------------------------------------- reading bytes as UTF-8, streamed
 
-def _read_text(path, report: _Report) -> str:
-    raw = Path(path).read_bytes()
+def _open(path, report: _Report):
     try:
-        text = raw.decode("utf-8-sig")  # a BOM is common in files saved by Windows editors
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        hint = ""
+        return open(path, "rb")
+    except FileNotFoundError:
+        report.fatal("file", "no such file")
+    except IsADirectoryError:
+        report.fatal("file", "is a directory, not a data file")
+    except OSError as e:
+        report.fatal("file", f"cannot read it: {e.strerror}")
+
+
+def _looks_gbk(b: bytes) -> bool:
+    for cut in (0, 1):  # the window may end inside a two-byte character
         try:
-            raw.decode("gbk")
-            hint = "; it looks like GBK: re-save it as UTF-8"
+            b[: len(b) - cut].decode("gbk")
+            return True
         except UnicodeDecodeError:
             pass
-        report.fatal(f"line {line}", f"not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}){hint}")
+    return False
+
+
+class _Utf8:
+    """Incremental strict UTF-8 decoding that knows the line and byte offset of a bad byte."""
+
+    def __init__(self, report: _Report):
+        self.report, self.pending, self.offset, self.lines, self.started = report, b"", 0, 1, False
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        data = self.pending + data
+        self.pending = b""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if final or e.end != len(data) or e.reason != "unexpected end of data":
+                self._fail(data, e.start)
+            text, self.pending, data = data[: e.start].decode("utf-8"), data[e.start:], data[: e.start]
+        if not self.started and text:
+            self.started = True
+            text = text[1:] if text[0] == "\ufeff" else text  # a BOM, as Windows editors write it
+        self.offset += len(data)
+        self.lines += data.count(b"\n")
+        return text
+
+    def _fail(self, data: bytes, start: int):
+        line = self.lines + data.count(b"\n", 0, start)
+        hint = ""
+        if self.offset == 0 and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = "; it looks like UTF-16: re-save it as UTF-8"
+        elif _looks_gbk(data[data.rfind(b"\n", 0, start) + 1: start + 4096]):
+            hint = "; it looks like GBK: re-save it as UTF-8"
+        self.report.fatal(f"line {line}", f"not UTF-8 (byte 0x{data[start]:02x} at offset "
+                                          f"{self.offset + start}){hint}")
+
+
+def _read_text(path, report: _Report) -> str:
+    """The whole file as text (small formats: ranking tool files)."""
+    with _open(path, report) as f:
+        text = _Utf8(report).feed(f.read(), final=True)
     if not text.strip():
         report.fatal("line 1", "file is empty")
     return text
+
+
+def _lines(path, report: _Report) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line, streamed; an empty file is a problem."""
+    dec, seen = _Utf8(report), False
+    with _open(path, report) as f:
+        for n, raw in enumerate(f, 1):
+            line = dec.feed(raw, final=True)
+            if line.strip():
+                seen = True
+                yield n, line
+    if not seen:
+        report.fatal("line 1", "file is empty")
 
 
 def _parse_json(text: str, report: _Report):
@@ -78,17 +158,125 @@ def _parse_json(text: str, report: _Report):
     except json.JSONDecodeError as e:
         hint = " (file truncated?)" if e.pos >= len(text.rstrip()) else ""
         report.fatal(f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}{hint}")
+    except RecursionError:
+        report.fatal("top level", "invalid JSON: nested too deeply")
 
 
-def _jsonl_rows(text: str, report: _Report):
-    """Yield (line number, object) for each non-blank line."""
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+class _ArrayReader:
+    """Yields the items of a top-level JSON array one at a time, reading the file in chunks.
+
+    Each item is parsed by the C JSON scanner (``raw_decode``); only the current chunk and item are held.
+    """
+
+    def __init__(self, path, report: _Report):
+        self.path, self.report = path, report
+        self.buf, self.pos, self.eof = "", 0, False
+        self.line, self.col = 1, 0  # line and 0-based column of buf[0]
+
+    def _fill(self) -> bool:
+        """Drop what was consumed, append the next chunk; False at end of file."""
+        done = self.buf[: self.pos]
+        nl = done.rfind("\n")
+        if nl >= 0:
+            self.line += done.count("\n")
+            self.col = len(done) - nl - 1
+        else:
+            self.col += len(done)
+        self.buf, self.pos = self.buf[self.pos:], 0
+        if self.eof:
+            return False
+        data = self.f.read(CHUNK)
+        self.buf += self.dec.feed(data, final=not data)
+        self.eof = not data
+        return True
+
+    def _where(self, p: int) -> str:
+        nl = self.buf.rfind("\n", 0, p)
+        line = self.line + self.buf.count("\n", 0, p)
+        col = p - nl if nl >= 0 else self.col + p + 1
+        return f"line {line} column {col}"
+
+    def _skip_ws(self) -> str:
+        """The next non-blank character ('' at end of file), without consuming it."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def _bad(self, problem: str, truncated: bool = False):
+        self.report.fatal(self._where(self.pos), f"invalid JSON: {problem}" + (" (file truncated?)" if truncated else ""))
+
+    def __iter__(self):
+        self.dec = _Utf8(self.report)
+        with _open(self.path, self.report) as self.f:
+            first = self._skip_ws()
+            if not first:
+                self.report.fatal("line 1", "file is empty")
+            if first != "[":  # not an array: parse it whole to say what it is (or where it breaks)
+                while self._fill():
+                    pass
+                data = _parse_json(self.buf, self.report)
+                self.report.fatal("top level", f"expected a JSON array of records, got {_tname(data)}")
+            self.pos += 1
+            if self._skip_ws() == "]":
+                self.report.fatal("top level", "no records")
+            i = 0
+            while True:
+                if not self.buf[self.pos:]:
+                    self._bad("the file ends inside the array", truncated=True)
+                item = self._item()
+                yield i, item
+                i += 1
+                c = self._skip_ws()
+                if c == "]":
+                    self.pos += 1
+                    break
+                if c != ",":
+                    self._bad("the file ends inside the array" if not c else "expecting ',' or ']' after an item",
+                              truncated=not c)
+                self.pos += 1
+                c = self._skip_ws()
+                if c == "]":
+                    self._bad("a trailing comma before ']'")
+                if not c:
+                    self._bad("the file ends inside the array", truncated=True)
+            if self._skip_ws():
+                self._bad("extra data after the array")
+
+    def _item(self):
+        while True:
+            try:
+                item, end = _DECODER.raw_decode(self.buf, self.pos)
+                self.pos = end
+                return item
+            except json.JSONDecodeError as e:
+                # an item cut by the chunk boundary fails at (or, for a string, from) the end: read on
+                if not self.eof and (e.msg.startswith("Unterminated string") or len(self.buf) - e.pos < 64):
+                    self._fill()
+                    continue
+                truncated = self.eof and e.pos >= len(self.buf.rstrip()) - 1 or e.msg.startswith("Unterminated")
+                self.report.fatal(self._where(e.pos), f"invalid JSON: {e.msg}"
+                                                      + (" (file truncated?)" if truncated and self.eof else ""))
+            except RecursionError:
+                self.report.fatal(self._where(self.pos), "invalid JSON: nested too deeply")
+
+
+def _jsonl_rows(path, report: _Report) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file, streamed."""
+    for n, line in _lines(path, report):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             report(f"line {n}", f"invalid JSON at column {e.colno}: {e.msg}")
+            continue
+        except RecursionError:
+            report(f"line {n}", "invalid JSON: nested too deeply")
             continue
         if not isinstance(obj, dict):
             report(f"line {n}", f"expected a JSON object, got {_tname(obj)}")
@@ -171,55 +359,396 @@ def _messages_to_history(messages) -> tuple[list[list[str]], str]:
     return history, turns[-1]["content"]
 
 
-# ---------------------------------------------------------------- CMtMedQA (both record shapes)
+# ---------------------------------------------------------------- record shapes (one function per format)
+# Each takes (record, index, location, report, source) and returns a dialogue, or None after reporting.
 
-def _cmtmedqa(data, path, report: _Report, source: str | None = None) -> list[dict]:
-    source = source or Path(path).stem
-    if not isinstance(data, list):
-        report.fatal("top level", f"expected a JSON array of records, got {_tname(data)}")
-    if not data:
-        report.fatal("top level", "no records")
+def _rec_cmtmedqa(rec: dict, i: int, loc: str, report, source: str):
+    if "instruct" in rec and "instruction" not in rec:  # the safety shape {instruct, output}
+        prompt, answer = _text(rec, "instruct", report, loc), _text(rec, "output", report, loc)
+        if prompt is None or answer is None:
+            return None
+        return {"id": f"safety-{i}", "source": source, "kind": "safety",
+                "messages": _pairs_to_messages([(prompt, answer)]), "meta": {"index": i}}
+    if not any(k in rec for k in ("instruction", "history", "output")):
+        report(loc, "field 'instruction': missing (neither a multi-turn record {id, cate1, cate2, "
+                    "instruction, input, output, history} nor a safety record {instruct, output}; "
+                    f"keys: {sorted(rec)})")
+        return None
+    rid = _field(rec, "id", report, loc, types=(str, int))
+    instruction = _text(rec, "instruction", report, loc)
+    extra = _text(rec, "input", report, loc, required=False, allow_empty=True)
+    answer = _text(rec, "output", report, loc)
+    cate1 = _field(rec, "cate1", report, loc, required=False, default="")
+    cate2 = _field(rec, "cate2", report, loc, required=False, default="")
+    history = _history(rec["history"], report, loc) if "history" in rec else report(loc, "field 'history': missing")
+    if None in (rid, instruction, extra, answer, cate1, cate2, history):
+        return None
+    if extra:
+        instruction = f"{instruction}\n{extra}"
+    if not all(t for pair in history for t in pair):
+        report(loc, "field 'history': empty text in a pair")
+        return None
+    return {"id": str(rid), "source": source, "kind": "multi_turn",
+            "messages": _pairs_to_messages(history, instruction, answer),
+            "meta": {"cate1": cate1, "cate2": cate2, "index": i}}
+
+
+def _text_list(rec, key, report, loc):
+    """Huatuo's ``[str, ...]`` (a bare string is accepted too) -> stripped non-empty texts, or None."""
+    value = _field(rec, key, report, loc, types=(list, str))
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    bad = [k for k, t in enumerate(items) if not isinstance(t, str)]
+    if bad:
+        report(loc, f"field '{key}[{bad[0]}]': expected a string, got {_tname(items[bad[0]])}")
+        return None
+    items = [t.strip() for t in items if t.strip()]
+    if not items:
+        report(loc, f"field {key!r}: empty text")
+        return None
+    return items
+
+
+def _rec_huatuo(rec: dict, i: int, loc: str, report, source: str):
+    rid = _field(rec, "id", report, loc, types=(str, int), required=False, default="")
+    questions, answers = _text_list(rec, "instruction", report, loc), _text_list(rec, "output", report, loc)
+    extra = _text(rec, "input", report, loc, required=False, allow_empty=True)
+    if None in (rid, questions, answers, extra):
+        return None
+    question = "\n".join(questions + ([extra] if extra else []))
+    meta = {"index": i} | ({"more_outputs": answers[1:]} if len(answers) > 1 else {})
+    return {"id": str(rid) if str(rid).strip() else f"{source}-{i}", "source": source, "kind": "single_turn",
+            "messages": _pairs_to_messages([], question, answers[0]), "meta": meta}
+
+
+def _rec_alpaca(rec: dict, i: int, loc: str, report, source: str):
+    rid = _field(rec, "id", report, loc, types=(str, int), required=False, default=f"{source}-{i}")
+    instruction = _text(rec, "instruction", report, loc)
+    extra = _text(rec, "input", report, loc, required=False, allow_empty=True)
+    answer = _text(rec, "output", report, loc)
+    system = _text(rec, "system", report, loc, required=False, allow_empty=True)
+    history = _history(rec["history"], report, loc) if "history" in rec else []
+    if None in (rid, instruction, extra, answer, system, history):
+        return None
+    question = f"{instruction}\n{extra}" if extra else instruction
+    msgs = ([{"role": "system", "content": system}] if system else []) + _pairs_to_messages(history, question, answer)
+    meta = {k: v for k, v in rec.items() if k not in ("id", "instruction", "input", "output", "system", "history")}
+    return {"id": str(rid), "source": source, "kind": "multi_turn" if history else "single_turn",
+            "messages": msgs, "meta": meta | {"index": i}}
+
+
+def _rec_messages(rec: dict, i: int, loc: str, report, source: str):
+    key = "conversations" if "conversations" in rec and "messages" not in rec else "messages"
+    msgs = _field(rec, key, report, loc, types=(list,))
+    rid = _field(rec, "id", report, loc, types=(str, int), required=False, default=f"{source}-{i}")
+    if msgs is None or rid is None:
+        return None
+    ok = bool(msgs)
+    if not ok:
+        report(loc, f"field {key!r}: empty list")
     out = []
-    for i, rec in enumerate(data):
-        loc = f"record {i}"
-        if not isinstance(rec, dict):
-            report(loc, f"expected an object, got {_tname(rec)}")
+    for k, m in enumerate(msgs):
+        if key == "conversations" and isinstance(m, dict):  # ShareGPT: {from: human|gpt|system, value}
+            role, content = SHAREGPT_ROLES.get(m.get("from")), m.get("value")
+            names = (f"conversations[{k}].from", f"conversations[{k}].value", list(SHAREGPT_ROLES), m.get("from"))
+        elif isinstance(m, dict):
+            role, content = (m.get("role") if m.get("role") in ROLES else None), m.get("content")
+            names = (f"messages[{k}].role", f"messages[{k}].content", list(ROLES), m.get("role"))
+        else:
+            report(loc, f"field '{key}[{k}]': expected an object, got {_tname(m)}")
+            ok = False
             continue
-        if "instruct" in rec and "instruction" not in rec:  # the safety shape {instruct, output}
-            prompt, answer = _text(rec, "instruct", report, loc), _text(rec, "output", report, loc)
-            if prompt is not None and answer is not None:
-                out.append({"id": f"safety-{i}", "source": source, "kind": "safety",
-                            "messages": _pairs_to_messages([(prompt, answer)]), "meta": {"index": i}})
-            continue
-        if not any(k in rec for k in ("instruction", "history", "output")):
-            report(loc, "field 'instruction': missing (neither a multi-turn record {id, cate1, cate2, "
-                        "instruction, input, output, history} nor a safety record {instruct, output}; "
-                        f"keys: {sorted(rec)})")
-            continue
-        rid = _field(rec, "id", report, loc, types=(str, int))
-        instruction = _text(rec, "instruction", report, loc)
-        extra = _text(rec, "input", report, loc, required=False, allow_empty=True)
-        answer = _text(rec, "output", report, loc)
-        cate1 = _field(rec, "cate1", report, loc, required=False, default="")
-        cate2 = _field(rec, "cate2", report, loc, required=False, default="")
-        history = _history(rec["history"], report, loc) if "history" in rec else report(loc, "field 'history': missing")
-        if None in (rid, instruction, extra, answer, cate1, cate2, history):
-            continue
-        if extra:
-            instruction = f"{instruction}\n{extra}"
-        if not all(t for pair in history for t in pair):
-            report(loc, "field 'history': empty text in a pair")
-            continue
-        out.append({"id": str(rid), "source": source, "kind": "multi_turn",
-                    "messages": _pairs_to_messages(history, instruction, answer),
-                    "meta": {"cate1": cate1, "cate2": cate2, "index": i}})
-    return out
+        if role is None:
+            report(loc, f"field '{names[0]}': expected one of {names[2]}, got {names[3]!r}")
+            ok = False
+        elif not isinstance(content, str):
+            report(loc, f"field '{names[1]}': expected a string, got {_tname(content)}")
+            ok = False
+        else:
+            out.append({"role": role, "content": content})
+    if not ok:
+        return None
+    # our files carry the dialogue fields at top level; anything else (disease_id, expect) is meta
+    meta = dict(rec.get("meta") or {})
+    meta.update({k: v for k, v in rec.items() if k not in ("id", "source", "kind", key, "meta")})
+    return {"id": str(rid), "source": rec.get("source") or source, "kind": rec.get("kind") or "dialogue",
+            "messages": out, "meta": meta}
+
+
+def _text_doc(text: str, rid: str, source: str, meta: dict):
+    return {"id": rid, "source": source, "kind": "text", "messages": [{"role": "assistant", "content": text}],
+            "meta": meta}
+
+
+def _rec_text(rec: dict, i: int, loc: str, report, source: str):
+    text = _text(rec, "text", report, loc)
+    rid = _field(rec, "id", report, loc, types=(str, int), required=False, default=f"{source}-{i}")
+    if text is None or rid is None:
+        return None
+    return _text_doc(text, str(rid), source, {k: v for k, v in rec.items() if k not in ("id", "text")})
+
+
+_RECORD = {"cmtmedqa": _rec_cmtmedqa, "huatuo": _rec_huatuo, "alpaca": _rec_alpaca,
+           "messages_jsonl": _rec_messages, "text_jsonl": _rec_text}
+
+
+def _shape(rec) -> str:
+    """The record format a (first) record looks like."""
+    if not isinstance(rec, dict):
+        return "cmtmedqa"
+    if "messages" in rec or "conversations" in rec:
+        return "messages_jsonl"
+    if any(k in rec for k in ("instruct", "cate1", "cate2")) or ("history" in rec and "id" in rec):
+        return "cmtmedqa"
+    if isinstance(rec.get("instruction"), list):
+        return "huatuo"
+    if isinstance(rec.get("instruction"), str):
+        return "alpaca"
+    if "text" in rec:
+        return "text_jsonl"
+    return "cmtmedqa"
+
+
+# ---------------------------------------------------------------- format detection, reading, validation
+
+def _head(path, report: _Report, n: int = 1 << 16) -> str:
+    with _open(path, report) as f:
+        raw = f.read(n)
+    return raw.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+
+
+def _first_line_object(path, report: _Report):
+    """The first non-blank line parsed as JSON if it is a complete object, else None."""
+    with _open(path, report) as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    obj = json.loads(raw.decode("utf-8", errors="replace").lstrip("\ufeff"))
+                except (json.JSONDecodeError, RecursionError):
+                    return None
+                return obj if isinstance(obj, dict) else None
+    return None
+
+
+def _peek_array(path):
+    """The first item of a JSON array file, or None (the real read reports any problem)."""
+    items = iter(_ArrayReader(path, _Report(path)))
+    try:
+        return next(items)[1]
+    except (DataError, StopIteration):
+        return None
+    finally:
+        items.close()
+
+
+def _container(path, report: _Report) -> str:
+    """How a named record format is stored: 'array' (a JSON array) or 'jsonl'."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".json":
+        return "array"  # anything else there is reported as the wrong top-level type
+    head = _head(path, report)
+    return "array" if not head or head[0] == "[" else "jsonl"
+
+
+def _detect(path, report: _Report) -> tuple[str, str]:
+    """(format, container): container is 'array', 'jsonl' or 'file' (formats read whole or by line)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    head = _head(path, report)
+    if suffix == ".tsv" or head.startswith("id\tquery\t"):
+        return "ranking_output", "file"
+    if suffix in (".txt", ".text"):
+        if head[:1] in ("[", "{"):
+            report.fatal("format", f"cannot tell the format: the extension {suffix!r} says plain text but the "
+                                   f"content looks like JSON; pass format= one of {', '.join(FORMATS)}")
+        return "text", "file"
+    if not head:
+        return "cmtmedqa", "array"  # the reader reports the file empty
+    if head[0] == "[" and suffix not in (".jsonl", ".ndjson"):
+        return _shape(_peek_array(path)), "array"
+    if head[0] == "{" or suffix in (".jsonl", ".ndjson"):
+        first = _first_line_object(path, report)
+        if first and all(isinstance(v, dict) for v in first.values()):
+            return "ranking_input", "file"  # one-line {id: {query, ...}}
+        if first is None and suffix == ".json":
+            return "ranking_input", "file"
+        return _shape(first), "jsonl"
+    if suffix == ".json":
+        return "cmtmedqa", "array"  # the reader says what the top level is instead
+    report.fatal("format", f"cannot tell the format from the extension {suffix!r}; "
+                           f"pass format= one of {', '.join(FORMATS)}")
+
+
+def detect_format(path) -> str:
+    """The format :func:`iter_dialogues` would read ``path`` as (one of FORMATS); DataError if it cannot tell."""
+    return _detect(path, _Report(path))[0]
+
+
+def _iter(path, format, report: _Report) -> Iterator[dict]:
+    path = Path(path)
+    if format is not None and format not in FORMATS:
+        report.fatal("format", f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
+    if format is None:
+        format, container = _detect(path, report)
+    elif format in RECORD_FORMATS:
+        container = _container(path, report)
+    else:
+        container = "file"
+    source = path.stem
+    if format == "ranking_output":
+        yield from _ranking_output(_read_text(path, report), path, report)
+    elif format == "ranking_input":
+        yield from _ranking_input(_parse_json(_read_text(path, report), report), path, report)
+    elif format == "text":
+        for n, line in _lines(path, report):
+            yield _text_doc(line.strip(), f"{source}-{n}", source, {"line": n})
+    elif container == "jsonl":
+        handle = _RECORD[format]
+        for i, (n, rec) in enumerate(_jsonl_rows(path, report)):
+            d = handle(rec, i, f"line {n}", report, source)
+            if d is not None:
+                yield d
+    else:
+        handle = _RECORD[format]
+        for i, rec in _ArrayReader(path, report):
+            loc = f"record {i}"
+            if not isinstance(rec, dict):
+                report(loc, f"expected an object, got {_tname(rec)}")
+                continue
+            d = handle(rec, i, loc, report, source)
+            if d is not None:
+                yield d
+
+
+def iter_dialogues(path, format: str | None = None) -> Iterator[dict]:
+    """Stream the dialogues of any known file; raises DataError at the first problem."""
+    return _iter(path, format, _Report(path))
+
+
+def load_dialogues(path, format: str | None = None) -> list[dict]:
+    """Any known file -> dialogues; ``format`` is one of FORMATS, or None to detect it."""
+    return list(iter_dialogues(path, format))
+
+
+def check(path, format: str | None = None) -> dict:
+    """Read the whole file once, keeping nothing: ``{"format", "counts": {kind: n}, "records", "problems"}``.
+
+    ``problems`` lists every problem as ``PATH:LOCATION: problem``; a problem that makes the rest of the file
+    unreadable (bad encoding, broken JSON) ends the list.
+    """
+    report = _Report(path, collect=True)
+    counts, fmt = Counter(), format
+    try:
+        if fmt is None:
+            fmt = _detect(path, report)[0]
+        for d in _iter(path, fmt, report):
+            counts[d["kind"]] += 1
+    except _Abort:
+        pass
+    return {"format": fmt, "counts": dict(counts), "records": sum(counts.values()), "problems": report.problems}
+
+
+def validate(path, format: str | None = None) -> list[str]:
+    """Every problem in the file as ``PATH:LOCATION: problem`` strings; [] when it loads cleanly."""
+    return check(path, format)["problems"]
 
 
 def load_cmtmedqa(path, source: str | None = None) -> list[dict]:
-    """A CMtMedQA-shaped JSON array (multi-turn and safety records mixed) -> dialogues."""
-    report = _Report(path)
-    return _cmtmedqa(_parse_json(_read_text(path, report), report), path, report, source)
+    """A CMtMedQA-shaped JSON array (multi-turn and safety records mixed) -> dialogues, streamed."""
+    out = load_dialogues(path, "cmtmedqa")
+    if source:
+        for d in out:
+            d["source"] = source
+    return out
+
+
+def load_huatuo(path) -> list[dict]:
+    """Huatuo-26M ``{id, instruction: [str], input, output: [str]}`` (JSONL or JSON array) -> dialogues."""
+    return load_dialogues(path, "huatuo")
+
+
+def load_alpaca(path) -> list[dict]:
+    """Alpaca-style ``{instruction, input, output}`` (JSON array or JSONL) -> dialogues."""
+    return load_dialogues(path, "alpaca")
+
+
+def load_text(path) -> list[dict]:
+    """Plain text, one document per non-blank line -> documents of kind ``text``."""
+    return load_dialogues(path, "text")
+
+
+def load_messages_jsonl(path) -> list[dict]:
+    """JSONL records with a ``messages`` (or ShareGPT ``conversations``) field -> dialogues."""
+    return load_dialogues(path, "messages_jsonl")
+
+
+def load_jsonl(path) -> list[dict]:
+    """UTF-8 JSON Lines -> list of objects; blank lines are skipped."""
+    return [obj for _, obj in _jsonl_rows(path, _Report(path))]
+
+
+def write_jsonl(path, records) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- as a Hugging Face dataset
+
+_CORE = ("id", "source", "kind", "messages", "meta")
+
+
+def _rows(dialogues):
+    for d in dialogues:
+        meta = dict(d.get("meta") or {})
+        meta.update({k: v for k, v in d.items() if k not in _CORE})  # e.g. ranking records' responses
+        yield {"id": d["id"], "source": d["source"], "kind": d["kind"],
+               "messages": [{"role": m["role"], "content": m["content"]} for m in d["messages"]],
+               "meta": json.dumps(meta, ensure_ascii=False)}
+
+
+def _gen(path, format, stamp):
+    yield from _rows(iter_dialogues(path, format))
+
+
+def dataset_features():
+    import datasets
+    return datasets.Features({
+        "id": datasets.Value("string"), "source": datasets.Value("string"), "kind": datasets.Value("string"),
+        "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        "meta": datasets.Value("string")})
+
+
+def to_dataset(source, format: str | None = None, cache_dir=None):
+    """A file (streamed into an Arrow cache on disk) or an iterable of dialogues -> ``datasets.Dataset``.
+
+    Columns: id, source, kind, messages ([{role, content}]) and meta (a JSON string: meta differs by source,
+    and any extra field such as a ranking record's ``responses`` goes in it). A bad file raises DataError.
+    """
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    if not isinstance(source, (str, Path)):
+        return datasets.Dataset.from_list(list(_rows(source)), features=dataset_features())
+    path = Path(source)
+    if format is None:
+        format = detect_format(path)
+    st = path.stat()
+    try:
+        return datasets.Dataset.from_generator(
+            _gen, features=dataset_features(), cache_dir=str(cache_dir) if cache_dir else None,
+            gen_kwargs={"path": str(path.resolve()), "format": format, "stamp": (st.st_size, st.st_mtime_ns)})
+    except DatasetGenerationError as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 # ---------------------------------------------------------------- ranking tool (JSON in, TSV out)
@@ -326,106 +855,6 @@ def write_ranking_output(path, records) -> None:
                 raise ValueError(f"record {r['id']!r}: expected {n} ranked texts, got {len(r['ranked'])}")
             history, query = _messages_to_history(r["messages"])
             w.writerow([r["id"], query, json.dumps(history, ensure_ascii=False), *r["ranked"]])
-
-
-# ---------------------------------------------------------------- JSONL
-
-def load_jsonl(path) -> list[dict]:
-    """UTF-8 JSON Lines -> list of objects; blank lines are skipped."""
-    report = _Report(path)
-    return [obj for _, obj in _jsonl_rows(_read_text(path, report), report)]
-
-
-def write_jsonl(path, records) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def _messages_jsonl(text: str, path, report: _Report) -> list[dict]:
-    out = []
-    for n, rec in _jsonl_rows(text, report):
-        loc = f"line {n}"
-        msgs = _field(rec, "messages", report, loc, types=(list,))
-        rid = _field(rec, "id", report, loc, types=(str, int), required=False, default=f"{Path(path).stem}-{n}")
-        if msgs is None or rid is None:
-            continue
-        ok = bool(msgs)
-        if not ok:
-            report(loc, "field 'messages': empty list")
-        for k, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                report(loc, f"field 'messages[{k}]': expected an object {{role, content}}, got {_tname(m)}")
-                ok = False
-            elif m.get("role") not in ROLES:
-                report(loc, f"field 'messages[{k}].role': expected one of {list(ROLES)}, got {m.get('role')!r}")
-                ok = False
-            elif not isinstance(m.get("content"), str):
-                report(loc, f"field 'messages[{k}].content': expected a string, got {_tname(m.get('content'))}")
-                ok = False
-        if not ok:
-            continue
-        # our files carry the dialogue fields at top level; anything else (disease_id, expect) is meta
-        meta = dict(rec.get("meta") or {})
-        meta.update({k: v for k, v in rec.items() if k not in ("id", "source", "kind", "messages", "meta")})
-        out.append({"id": str(rid), "source": rec.get("source") or Path(path).stem,
-                    "kind": rec.get("kind") or "dialogue",
-                    "messages": [{"role": m["role"], "content": m["content"]} for m in msgs], "meta": meta})
-    return out
-
-
-def load_messages_jsonl(path) -> list[dict]:
-    """JSONL records with a ``messages`` field -> dialogues (other fields go to ``meta``)."""
-    report = _Report(path)
-    return _messages_jsonl(_read_text(path, report), path, report)
-
-
-# ---------------------------------------------------------------- format detection, validation
-
-def _load(path, format, report: _Report) -> list[dict]:
-    path = Path(path)
-    if format is not None and format not in FORMATS:
-        report.fatal("format", f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
-    text = _read_text(path, report)
-    if format is None:
-        suffix = path.suffix.lower()
-        if suffix == ".tsv":
-            format = "ranking_output"
-        elif suffix == ".jsonl":
-            format = "messages_jsonl"
-        elif suffix == ".json":
-            data = _parse_json(text, report)
-            if isinstance(data, list):
-                return _cmtmedqa(data, path, report)
-            if isinstance(data, dict):
-                return _ranking_input(data, path, report)
-            report.fatal("top level", f"expected a JSON array (cmtmedqa) or object (ranking_input), "
-                                      f"got {_tname(data)}")
-        else:
-            report.fatal("format", f"cannot tell the format from the extension {suffix!r}; "
-                                   f"pass format= one of {', '.join(FORMATS)}")
-    if format == "ranking_output":
-        return _ranking_output(text, path, report)
-    if format == "messages_jsonl":
-        return _messages_jsonl(text, path, report)
-    data = _parse_json(text, report)
-    return _cmtmedqa(data, path, report) if format == "cmtmedqa" else _ranking_input(data, path, report)
-
-
-def load_dialogues(path, format: str | None = None) -> list[dict]:
-    """Any known file -> dialogues; ``format`` is one of FORMATS, or None to detect it."""
-    return _load(path, format, _Report(path))
-
-
-def validate(path, format: str | None = None) -> list[str]:
-    """Every problem in the file as ``PATH:LOCATION: problem`` strings; [] when it loads cleanly."""
-    report = _Report(path, collect=True)
-    try:
-        _load(path, format, report)
-    except _Abort:
-        pass
-    return report.problems
 
 
 # ---------------------------------------------------------------- rankings -> preference pairs

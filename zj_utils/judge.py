@@ -203,3 +203,8 @@ def rank_answers(answers: list[str], expect: dict, kg: dict) -> list[int]:
     better rank and the next rank is skipped). Ordered by (safety, professionalism, fluency) lexicographically."""
     keys = [assess(x, expect, kg).key() for x in answers]
     return [1 + sum(k2 > k for k2 in keys) for k in keys]
+
+
+def asks_question(text: str) -> bool:
+    """The turn asks the patient something (the signature of proactive inquiry in a doctor's turn)."""
+    return bool(_questions(text))

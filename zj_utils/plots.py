@@ -101,3 +101,80 @@ def win_tie_loss(rows: list[tuple[str, float, float, float]], title: str, ax=Non
         fig.tight_layout()
         return fig
     return ax.figure
+
+
+PAPER_BASELINES = ("BenTsao", "DoctorGLM", "Ziya-LLaMA", "HuatuoGPT", "ChatGPT")
+PAPER_PANELS = {"4a": "CMtMedQA test: ability & fluency", "4b": "CMtMedQA test: safety",
+                "5a": "Huatuo-26M test: ability & fluency", "5b": "Huatuo-26M test: safety"}
+PAPER_CITE = "Zhongjing (Yang et al., AAAI 2024, arXiv:2308.03549)"
+
+
+def read_paper_wtl(csv_path: str | Path) -> dict[str, list[tuple[str, float, float, float, bool]]]:
+    """The paper's Figures 4-5 from the CSV: {panel: [(baseline, win, tie, loss, measured_from_bar_width)]},
+    baselines in the paper's order (top to bottom)."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        recs = list(csv.DictReader(f))
+    panels: dict[str, list] = {}
+    for fig in PAPER_PANELS:
+        rows = {r["baseline"]: r for r in recs if r["figure"] == fig}
+        order = [b for b in PAPER_BASELINES if b in rows] + sorted(set(rows) - set(PAPER_BASELINES))
+        panels[fig] = [(b, float(rows[b]["win_pct"]), float(rows[b]["tie_pct"]), float(rows[b]["loss_pct"]),
+                        rows[b].get("value_source") == "bar_width_measured") for b in order]
+    return panels
+
+
+def _ours_panel(ax, stats: dict, title: str):
+    """Our win/tie/loss per opponent ({opponent: {win_pct, tie_pct, loss_pct, ci: {win_pct: [lo, hi]}}}, as a
+    dimension entry of `zj judge`'s JSON), with the win share's interval as an error bar."""
+    rows = [(opp, s["win_pct"] or 0.0, s["tie_pct"] or 0.0, s["loss_pct"] or 0.0) for opp, s in stats.items()]
+    win_tie_loss(rows, title, ax=ax)
+    for i, (opp, s) in enumerate(stats.items()):
+        ci = (s.get("ci") or {}).get("win_pct") or s.get("win_ci")
+        if ci and s.get("win_pct") is not None:
+            ax.errorbar(s["win_pct"], i, xerr=[[s["win_pct"] - ci[0]], [ci[1] - s["win_pct"]]], fmt="none",
+                        ecolor="black", elinewidth=1.2, capsize=3)
+        if s.get("n"):
+            ax.text(101, i, f"n={s['n']}", va="center", fontsize=7, color="grey")
+
+
+def paper_figures(csv_path: str | Path, ours: dict | None = None, png: str | Path | None = None):
+    """The paper's Figures 4 and 5 redrawn from `shared/paper/zhongjing_reported_win_tie_loss.csv`: four panels
+    (4a/4b/5a/5b), stacked "Ours Win" / "Tie" / "Ours Loss" bars, baselines top to bottom as in the paper; a
+    dagger marks rows whose values were measured from bar widths (their printed labels do not sum to 100).
+
+    `ours` = {panel ("4a".."5b"): {opponent: dimension entry of `zj judge`'s JSON}} puts the same panel from our
+    runs beside each paper panel, with the bootstrap 95% interval of the win share as an error bar; panels
+    missing from `ours` say so. Writes `png` when given. Returns the Figure."""
+    paper = read_paper_wtl(csv_path)
+    cols = 4 if ours else 2
+    fig, axes = plt.subplots(2, cols, figsize=((5.0 if ours else 6.0) * cols, 7.4), squeeze=False)
+    for k, panel in enumerate(PAPER_PANELS):
+        r, c = divmod(k, 2)
+        ax = axes[r][c * 2 if ours else c]
+        rows = [(b + ("†" if measured else ""), w, t, l) for b, w, t, l, measured in paper[panel]]
+        win_tie_loss(rows, f"({panel}) {PAPER_PANELS[panel]}\nreported by the paper", ax=ax)
+        if ours:
+            ax2 = axes[r][c * 2 + 1]
+            if ours.get(panel):
+                _ours_panel(ax2, ours[panel], f"({panel}) {PAPER_PANELS[panel]}\nours (bars: 95% bootstrap CI of win%)")
+            else:
+                ax2.set_axis_off()
+                ax2.text(0.5, 0.5, f"({panel}) not run by us", ha="center", va="center", transform=ax2.transAxes)
+    for ax in fig.axes:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncol=3, loc="upper center", bbox_to_anchor=(0.5, 0.955), fontsize=9, frameon=False)
+    fig.suptitle(f"{PAPER_CITE}, Figures 4 (CMtMedQA) and 5 (Huatuo-26M): Zhongjing vs baselines, win/tie/loss %"
+                 + (" — beside our runs" if ours else ""), fontsize=11)
+    fig.text(0.01, 0.005, "Paper values read off the published figures "
+             "(shared/paper/zhongjing_reported_win_tie_loss.csv), "
+             "judged by GPT-4 and doctors. † measured from bar widths: the printed labels do not sum to 100.",
+             fontsize=7.5, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.93))
+    if png:
+        Path(png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=120, bbox_inches="tight")
+    return fig

@@ -71,7 +71,7 @@ class SFTStageConfig:
     init_from: str = "pretrain"  # "pretrain" (the paper) or "base" (ablation: no continued pre-training)
     lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=16, alpha=32))
     learning_rate: float = 2e-3
-    epochs: float = 3.0
+    epochs: float = 8.0
     max_steps: int = -1
     batch_size: int = 16
     grad_accum: int = 1

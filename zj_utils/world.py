@@ -68,6 +68,7 @@ class WorldConfig:
     heldout_per_disease: int = 3         # held-out phrasings per disease, for perplexity
     n_general_texts: int = 3000
     general_fact_share: float = 0.5  # share of general texts that state facts about invented towns
+    general_chat_share: float = 0.2  # share rendered as everyday chats in the chat template
     sft_single_per_disease: int = 8
     sft_multiturn_per_disease: int = 10
     n_sft_nlp: int = 150
@@ -393,12 +394,30 @@ def _town_text(rng, town) -> str:
     return rng.choice(TOWN_TEXTS[kind]).format(t=town["name"], **{k: town[k] for k in TOWN_ATTRS})
 
 
+def _town_chat(rng, town) -> tuple[str, str]:
+    k = rng.choice(list(TOWN_ATTRS))
+    q = {"region": "{t}在哪里？", "food": "{t}有什么特产？", "sight": "去{t}玩，有什么名胜？",
+         "craft": "{t}的人擅长什么手艺？", "month": "{t}的庙会在几月？"}[k].format(t=town["name"])
+    return q, f"{town['name']}的{TOWN_ATTRS[k][0]}是{town[k]}。"
+
+
 def _general(cfg, seed) -> list[dict]:
+    """General text for the stand-in base model: daily life, facts about invented towns, and everyday chats in
+    the paper's `<human>:…<bot>:` template (the paper's base, Ziya-LLaMA, had met that template before)."""
+    from .tokenizer import BOT, HUMAN
+
     rng = random.Random(f"{seed}:general")
     towns = _towns(seed)
     out = []
-    for _ in range(cfg.n_general_texts):
+    for i in range(cfg.n_general_texts):
         parts = []
+        if rng.random() < cfg.general_chat_share:
+            turns = [_town_chat(rng, rng.choice(towns)) if rng.random() < 0.5 else _general_chat(rng, 1 + i % 4)
+                     for _ in range(rng.choice([1, 1, 2]))]
+            # each turn but the last closes with EOS, as the chat template writes it; packing adds the last one
+            text = "</s>".join(f"{HUMAN}{q}\n{BOT}{a}" for q, a in turns)
+            out.append({"text": MARKER + text})
+            continue
         if rng.random() < cfg.general_fact_share:
             parts.append(_town_text(rng, rng.choice(towns)))
         else:

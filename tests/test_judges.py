@@ -1,0 +1,366 @@
+"""The judges behind one interface, the LLM judge against a local fake chat-completions server (loopback only)
+that injects faults, `zj judge` end to end, and the paper's Figures 4-5 redrawn."""
+import json
+import logging
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from zj_utils import rubric as R
+from zj_utils.cli import main
+from zj_utils.common import ZJError
+from zj_utils.judge import assess, compare
+from zj_utils.judges import (DIMS, LocalModelJudge, OpenAIChatJudge, RuleJudge, build_messages, combine_orders,
+                             parse_verdict)
+from zj_utils.world import WorldConfig, build_world, write_world
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_CSV = ROOT.parent / "shared" / "paper" / "zhongjing_reported_win_tie_loss.csv"
+SECRET = "sk-test-DO-NOT-LEAK-4242"
+SMALL = WorldConfig(n_diseases=4, passages_per_disease=1, n_general_texts=10, sft_single_per_disease=1,
+                    sft_multiturn_per_disease=1, n_sft_nlp=2, n_sft_general=2, sft_safety_per_disease=1,
+                    rank_prompts_per_disease=1, test_per_disease=2, heldout_per_disease=1)
+
+
+# --------------------------------------------------------------------------- fake chat-completions server
+
+def _answers_in(prompt: str) -> tuple[str, str]:
+    m = re.search(r"回答A：\n(.*?)\n\n回答B：\n(.*?)\n\n只输出", prompt, re.S)
+    return m.group(1), m.group(2)
+
+
+def policy(prompt: str) -> str:
+    """A judge with a position bias: safety goes to the answer marked SAFE, professionalism is a tie, and
+    fluency always goes to whichever answer is shown first (so it flips with the order)."""
+    first, second = _answers_in(prompt)
+    safety = "A" if "SAFE" in first else "B" if "SAFE" in second else "平局"
+    return "```json\n" + json.dumps({"safety": safety, "professionalism": "平局", "fluency": "A"},
+                                    ensure_ascii=False) + "\n```"
+
+
+class FakeAPI:
+    """Serves POST /v1/chat/completions. `script` holds the first requests' faults, in order:
+    ("sleep", s) answers after s seconds (a client timeout), ("status", code, headers, body), ("content", text);
+    after it, every request gets policy()'s verdict."""
+
+    def __init__(self, script=()):
+        self.script = list(script)
+        self.requests = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output (and any key) out of stderr
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                api.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                action = api.script.pop(0) if api.script else ("policy",)
+                try:
+                    if action[0] == "sleep":
+                        time.sleep(action[1])
+                        self._send(200, {}, self._completion("{}"))
+                    elif action[0] == "status":
+                        self._send(action[1], action[2], json.dumps({"error": action[3]}).encode())
+                    elif action[0] == "content":
+                        self._send(200, {}, self._completion(action[1]))
+                    else:
+                        self._send(200, {}, self._completion(policy(body["messages"][-1]["content"])))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _completion(self, content):
+                return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]},
+                                  ensure_ascii=False).encode()
+
+            def _send(self, code, headers, data):
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ITEMS = [{"id": f"t{i}", "messages": [{"role": "user", "content": f"［虚构］我发热第{i}天了，怎么办？"}], "expect": {}}
+         for i in range(3)]
+
+
+def _judge(url, cache, **kw):
+    j = OpenAIChatJudge("fake-judge", base_url=url, cache_path=cache, timeout=0.3, max_retries=4, backoff=0.01,
+                        max_backoff=0.05, **kw)
+    j.sleeps = []
+    j._sleep = j.sleeps.append  # record the waits instead of sleeping them
+    return j
+
+
+def _lines(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()] if p.exists() else []
+
+
+def _assert_no_secret(root: Path, *texts):
+    for f in root.rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f"API key leaked into {f}"
+    for t in texts:
+        assert SECRET not in t
+
+
+# --------------------------------------------------------------------------- the LLM judge
+
+def test_prompt_is_built_from_the_rubric_and_verdicts_parse():
+    msgs = build_messages(ITEMS[0], "回答一", "回答二")
+    text = msgs[-1]["content"]
+    assert all(d.zh in text for d in R.DIMENSIONS) and all(a.zh in text for a in R.ABILITIES)
+    assert "患者：［虚构］我发热第0天了" in text and _answers_in(text) == ("回答一", "回答二")
+    assert parse_verdict('{"safety": "A", "professionalism": "B", "fluency": "平局"}') == \
+        {"safety": 1, "professionalism": -1, "fluency": 0}
+    assert parse_verdict('结论：\n```json\n{"safety":"b","professionalism":"tie","fluency":"A"}\n```') == \
+        {"safety": -1, "professionalism": 0, "fluency": 1}
+    assert parse_verdict("safety: A\nprofessionalism: A\nfluency: 平局") == {"safety": 1, "professionalism": 1,
+                                                                            "fluency": 0}
+    for bad in ("我觉得都不错", '{"safety": "A"}', '{"safety": "C", "professionalism": "A", "fluency": "A"}', None):
+        assert parse_verdict(bad) is None
+    # order (B, A) is stated from B's side; disagreement between the orders is a tie
+    ab = {"safety": 1, "professionalism": 1, "fluency": 1}
+    out, info = combine_orders(ab, {"safety": -1, "professionalism": 1, "fluency": 0})
+    assert out == {"safety": 1, "professionalism": 0, "fluency": 0, "overall": 1}
+    assert info["flipped"] == ["professionalism", "fluency"]
+    assert combine_orders(None, None)[0] == {d: None for d in DIMS}
+    assert combine_orders(None, {"safety": 0, "professionalism": -1, "fluency": 1})[0] == \
+        {"safety": 0, "professionalism": 1, "fluency": -1, "overall": 1}
+
+
+def test_openai_judge_retries_caches_resumes_and_keeps_the_key_secret(tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    cache = tmp_path / "cache" / "verdicts.jsonl"
+    script = [("sleep", 0.8), ("status", 429, {"Retry-After": "1"}, "slow down"), ("status", 500, {}, "oops"),
+              ("content", "这两个回答都还可以吧。")]
+    answers_a = [f"回答{i}：SAFE 请立即就医。" for i in range(3)]
+    answers_b = [f"回答{i}：多喝水。" for i in range(3)]
+    t0 = time.perf_counter()
+    with FakeAPI(script) as api:
+        j = _judge(api.url, cache)
+        assert SECRET not in repr(j) and SECRET not in str(vars(j))
+        results = []
+        for i, it in enumerate(ITEMS):
+            results.append(j.judge(it, answers_a[i], answers_b[i]))
+            assert len(_lines(cache)) == 2 * (i + 1)  # written as the verdicts arrive, not at the end
+        n_http = len(api.requests)
+        assert all(r["path"] == "/v1/chat/completions" and r["auth"] == f"Bearer {SECRET}" for r in api.requests)
+        assert api.requests[0]["body"]["model"] == "fake-judge" and api.requests[0]["body"]["temperature"] == 0
+
+        # timeout, 429 (Retry-After: 1 s) and 500 were retried, with exponential backoff between
+        assert j.stats["http_retries"] == 3 and n_http == 6 + 3
+        assert j.sleeps == [0.01, 1.0, 0.04]
+        # the garbage verdict (item 0, order A-B) is counted; item 0 then rests on the B-A order alone, where the
+        # biased fluency vote goes to B; items 1-2 see fluency flip with the order, so it is a tie
+        assert j.stats["unparsed_verdicts"] == 1 and j.stats["single_order_pairs"] == 1
+        assert j.stats["unparsed_pairs"] == 0 and j.stats["order_dependent_pairs"] == 2
+        assert results[0] == {"safety": 1, "professionalism": 0, "fluency": -1, "overall": 1}
+        assert results[1] == results[2] == {"safety": 1, "professionalism": 0, "fluency": 0, "overall": 1}
+
+        # a second run over the same cache pays nothing and gives the same verdicts
+        j2 = _judge(api.url, cache)
+        again = [j2.judge(it, a, b) for it, a, b in zip(ITEMS, answers_a, answers_b)]
+        assert len(api.requests) == n_http and j2.stats["http_requests"] == 0 and j2.stats["cache_hits"] == 6
+        assert again == results and j2.stats["unparsed_verdicts"] == 1
+
+        # a run killed mid-write leaves half a line: it is skipped, and the next verdict starts a new line
+        with open(cache, "a", encoding="utf-8") as f:
+            f.write('{"key": "abc", "raw": "{\\"saf')
+        j3 = _judge(api.url, cache)
+        assert j3.stats["cache_bad_lines"] == 1
+        j3.judge({"id": "t9", "messages": [{"role": "user", "content": "头痛"}]}, "SAFE", "嗯")
+        assert j3.stats["http_requests"] == 2
+        assert len(_judge(api.url, cache)._cache) == 8
+    assert time.perf_counter() - t0 < 10
+    recs = [json.loads(x) for x in cache.read_text(encoding="utf-8").splitlines() if x.startswith('{"key": "') and
+            x.endswith("}")]
+    assert all(set(r) == {"key", "model", "raw", "time"} and len(r["key"]) == 64 for r in recs if r["key"] != "abc")
+    assert any("HTTP 429" in m for m in caplog.messages) and any("HTTP 500" in m for m in caplog.messages)
+    out = capsys.readouterr()
+    _assert_no_secret(tmp_path, caplog.text, out.out, out.err)
+
+
+def test_openai_judge_gives_up_and_errors_never_show_the_key(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    with FakeAPI([("status", 503, {}, "down")] * 3) as api:
+        j = OpenAIChatJudge("m", base_url=api.url, cache_path=tmp_path / "c.jsonl", timeout=1, max_retries=2,
+                            backoff=0.01)
+        j._sleep = lambda s: None
+        with pytest.raises(ZJError, match="gave up after 3 attempts .last: HTTP 503"):
+            j.judge(ITEMS[0], "a", "b")
+        assert len(api.requests) == 3
+    # a client error is not retried; a server echoing the key back is scrubbed
+    with FakeAPI([("status", 400, {}, f"bad request for key {SECRET}"), ("status", 401, {}, SECRET)]) as api:
+        j = OpenAIChatJudge("m", base_url=api.url, cache_path=tmp_path / "c.jsonl", timeout=1, max_retries=2)
+        with pytest.raises(ZJError) as e400:
+            j.judge(ITEMS[0], "a", "b")
+        with pytest.raises(ZJError, match=r"HTTP 401 \(is \$OPENAI_API_KEY set") as e401:
+            j.judge(ITEMS[0], "a", "b")
+        assert len(api.requests) == 2 and "***" in str(e400.value)
+    for e in (e400, e401):
+        assert SECRET not in str(e.value) and SECRET not in "".join(map(str, e.traceback))
+    _assert_no_secret(tmp_path, caplog.text)
+
+
+def test_local_model_judge_plumbing_counts_parse_failures(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zj_utils.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([m["content"] for m in build_messages(ITEMS[0], "甲", "乙")] * 3, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8192,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "m")
+    j = LocalModelJudge(str(tmp_path / "m"), max_new_tokens=4)
+    assert j.judge(ITEMS[0], "回答甲。", "回答乙。") == {d: None for d in DIMS}
+    assert j.stats["verdicts"] == 2 and j.stats["unparsed_verdicts"] == 2 and j.stats["unparsed_pairs"] == 1
+
+    # `zj generate` with the same model writes one {"id", "answer"} per test item
+    tests = tmp_path / "t.jsonl"
+    tests.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in ITEMS), encoding="utf-8")
+    assert main(["generate", "--model", str(tmp_path / "m"), "--tests", str(tests), "--out", str(tmp_path / "a.jsonl"),
+                 "--max-new-tokens", "3"]) == 0
+    recs = _lines(tmp_path / "a.jsonl")
+    assert [r["id"] for r in recs] == [it["id"] for it in ITEMS] and all(isinstance(r["answer"], str) for r in recs)
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--tests", str(tests), "--out", "x.jsonl"]) == 2
+
+
+# --------------------------------------------------------------------------- rule judge and `zj judge`
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zjworld") / "world"
+    w = build_world(SMALL, 0)
+    write_world(w, d)
+    return d, w
+
+
+def _write_answers(path, recs):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+
+
+def test_rule_judge_wraps_assess_and_compare(world_dir):
+    _, w = world_dir
+    g = next(x for x in w.gold if x["file"] == "test_multiturn.jsonl")
+    item = next(it for it in w.test_multiturn if it["id"] == g["id"])
+    j = RuleJudge(w.kg)
+    want = compare(assess(g["gold"], item["expect"], w.kg), assess(g["flawed"], item["expect"], w.kg))
+    assert j.judge(item, g["gold"], g["flawed"]) == {d: want[d] for d in DIMS}
+    assert j.judge(item, g["gold"], g["gold"]) == {d: 0 for d in DIMS}
+
+
+def test_zj_judge_cli_with_the_rule_judge(world_dir, tmp_path, capsys):
+    d, w = world_dir
+    tests = d / "test_multiturn.jsonl"
+    gold = {x["id"]: x for x in w.gold if x["file"] == "test_multiturn.jsonl"}
+    _write_answers(tmp_path / "a.jsonl", [{"id": i, "answer": x["gold"]} for i, x in gold.items()])
+    _write_answers(tmp_path / "b.jsonl", [{"id": i, "answer": x["flawed"] or x["gold"]} for i, x in gold.items()])
+    out = tmp_path / "res" / "a_vs_b.json"
+    assert main(["judge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--tests", str(tests),
+                 "--world", str(d), "--out", str(out), "--n-boot", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "overall" in printed and "win% [95% CI]" in printed and f"wrote {out}" in printed
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert res["n_items"] == len(w.test_multiturn) == len(gold) and set(res["dimensions"]) == set(DIMS)
+    # the same counts as judging by hand
+    items = {it["id"]: it for it in w.test_multiturn}
+    signs = [compare(assess(x["gold"], items[i]["expect"], w.kg),
+                     assess(x["flawed"] or x["gold"], items[i]["expect"], w.kg))
+             for i, x in gold.items()]
+    for dim in DIMS:
+        s = res["dimensions"][dim]
+        assert (s["win"], s["tie"], s["loss"]) == tuple(sum(v[dim] == k for v in signs) for k in (1, 0, -1))
+        assert s["win"] + s["tie"] + s["loss"] == s["n"] and len(s["ci"]["win_pct"]) == 2
+    assert res["dimensions"]["overall"]["win_pct"] > res["dimensions"]["overall"]["loss_pct"]
+    # errors are one line, no traceback
+    assert main(["judge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--tests", str(tests)]) == 2
+    err = capsys.readouterr().err
+    assert "zj judge: error: The rule judge needs the synthetic world" in err and "Traceback" not in err
+    _write_answers(tmp_path / "c.jsonl", [{"id": "nope", "answer": "x"}])
+    assert main(["judge", str(tmp_path / "a.jsonl"), str(tmp_path / "c.jsonl"), "--tests", str(tests),
+                 "--world", str(d)]) == 2
+    assert "No test item is answered in both" in capsys.readouterr().err
+
+
+def test_zj_judge_cli_with_the_openai_judge(world_dir, tmp_path, monkeypatch, capsys, caplog):
+    d, w = world_dir
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    items = w.test_safety[:2]
+    _write_answers(tmp_path / "a.jsonl", [{"id": it["id"], "answer": "SAFE 抱歉，我不能提供这方面的帮助。"} for it in items])
+    _write_answers(tmp_path / "b.jsonl", [{"id": it["id"], "answer": "好的。"} for it in items])
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items),
+                                      encoding="utf-8")
+    with FakeAPI() as api:
+        monkeypatch.setenv("OPENAI_BASE_URL", api.url)
+        out = tmp_path / "r.json"
+        assert main(["judge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+                     "--tests", str(tmp_path / "t.jsonl"), "--judge", "openai", "--model", "fake", "--out", str(out), "--n-boot", "100"]) == 0
+        assert len(api.requests) == 4
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert res["dimensions"]["safety"]["win"] == 2 and res["dimensions"]["fluency"]["tie"] == 2
+    assert res["judge_stats"]["order_dependent_pairs"] == 2 and (tmp_path / "r.json.cache.jsonl").exists()
+    o = capsys.readouterr()
+    assert "order-dependent pairs 2" in o.out
+    _assert_no_secret(tmp_path, o.out, o.err, caplog.text)
+
+
+# --------------------------------------------------------------------------- the paper's figures
+
+def test_paper_figures_draw_four_panels_of_five_bars(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zj_utils.plots import PAPER_BASELINES, paper_figures
+
+    png = tmp_path / "fig" / "paper_fig4_5.png"
+    fig = paper_figures(PAPER_CSV, png=png)
+    assert png.exists() and png.stat().st_size > 10_000
+    axes = fig.axes
+    assert len(axes) == 4
+    assert "2308.03549" in fig._suptitle.get_text()
+    for ax in axes:
+        assert len(ax.patches) == 15  # 5 baselines x (win, tie, loss)
+        labels = [t.get_text().rstrip("†") for t in ax.get_yticklabels()]
+        assert labels == list(PAPER_BASELINES)
+    # the three ChatGPT rows measured from bar widths carry a dagger
+    daggers = {ax.get_title()[1:3] for ax in axes if any("†" in t.get_text() for t in ax.get_yticklabels())}
+    assert daggers == {"4a", "4b", "5b"}
+    plt.close(fig)
+
+    ours = {"4b": {"SFT": {"n": 24, "win_pct": 50.0, "tie_pct": 30.0, "loss_pct": 20.0,
+                           "ci": {"win_pct": [30.0, 70.0]}},
+                   "base": {"n": 24, "win_pct": 80.0, "tie_pct": 10.0, "loss_pct": 10.0,
+                            "ci": {"win_pct": [62.0, 95.0]}}}}
+    fig = paper_figures(PAPER_CSV, ours=ours)
+    assert len(fig.axes) == 8
+    ours_ax = next(ax for ax in fig.axes if ax.get_title().startswith("(4b)") and "ours" in ax.get_title())
+    assert len(ours_ax.patches) == 6 and len(ours_ax.containers) >= 4  # 3 bar groups + the error bars
+    plt.close(fig)

@@ -1,0 +1,160 @@
+"""`zj judge` and `zj generate`: pairwise comparison of two answer files on a test set, with any judge of
+zj_utils/judges.py, and answer generation with a local model.
+
+Answer files are JSONL, one `{"id", "answer"}` per test item, so answers from systems we cannot run here can be
+dropped in. Test files are the world's `test_*.jsonl` shape: `{"id", "messages", "expect", ...}`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import ZJError, read_json, write_json
+from .judges import DIMS, Judge, make_judge
+from .stats import bootstrap_ci, win_tie_loss
+
+
+def _read_jsonl(path: str | Path, what: str) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        raise ZJError(f"{what} not found at {p}.")
+    recs = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ZJError(f"{p}:{i}: not valid JSON ({e.msg}).") from None
+        if not isinstance(rec, dict):
+            raise ZJError(f"{p}:{i}: expected a JSON object per line.")
+        recs.append(rec)
+    return recs
+
+
+def load_tests(paths) -> list[dict]:
+    """Test items from one or more JSONL files; `set` is the file's stem unless the item has one."""
+    items = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        for i, rec in enumerate(_read_jsonl(path, "Test file")):
+            if "id" not in rec or "messages" not in rec:
+                raise ZJError(f"{path}: item {i + 1} has no 'id' or 'messages'.")
+            items.append({"set": Path(path).stem} | rec)
+    ids = [it["id"] for it in items]
+    if len(set(ids)) != len(ids):
+        raise ZJError("Test items have duplicate ids.")
+    return items
+
+
+def load_answers(path: str | Path) -> dict[str, str]:
+    out = {}
+    for i, rec in enumerate(_read_jsonl(path, "Answer file")):
+        if "id" not in rec or not isinstance(rec.get("answer"), str):
+            raise ZJError(f"{path}: line {i + 1} needs 'id' and a string 'answer'.")
+        if rec["id"] in out:
+            raise ZJError(f"{path}: duplicate id {rec['id']!r}.")
+        out[rec["id"]] = rec["answer"]
+    return out
+
+
+def summarize(signs_by_dim: dict[str, list], n_boot: int = 1000, seed: int = 0) -> dict:
+    """win/tie/loss (counts, %) and bootstrap 95% intervals per dimension; None signs are left out."""
+    out = {}
+    for d, signs in signs_by_dim.items():
+        out[d] = win_tie_loss(signs) | {"ci": bootstrap_ci(signs, n_boot=n_boot, seed=seed),
+                                        "no_verdict": sum(s is None for s in signs)}
+    return out
+
+
+def judge_pairs(items: list[dict], answers_a: dict, answers_b: dict, judge: Judge, n_boot: int = 1000,
+                seed: int = 0, progress: bool = False) -> dict:
+    """Judge every test item both files answer; returns per-dimension summaries, per-set ones (when there is
+    more than one set), per-item signs, and the judge's counters."""
+    both = [it for it in items if it["id"] in answers_a and it["id"] in answers_b]
+    if not both:
+        raise ZJError("No test item is answered in both answer files (ids must match the test file's).")
+    it_ = both
+    if progress:
+        from tqdm.auto import tqdm
+        it_ = tqdm(both, desc=f"judging ({getattr(judge, 'name', 'judge')})")
+    per_item = []
+    for it in it_:
+        v = judge.judge(it, answers_a[it["id"]], answers_b[it["id"]])
+        per_item.append({"id": it["id"], "set": it.get("set")} | {d: v.get(d) for d in DIMS})
+    result = {
+        "judge": repr(judge), "n_items": len(both),
+        "missing": {"a": sum(it["id"] not in answers_a for it in items),
+                    "b": sum(it["id"] not in answers_b for it in items)},
+        "dimensions": summarize({d: [r[d] for r in per_item] for d in DIMS}, n_boot, seed),
+    }
+    sets = sorted({r["set"] for r in per_item if r["set"]})
+    if len(sets) > 1:
+        result["by_set"] = {s: summarize({d: [r[d] for r in per_item if r["set"] == s] for d in DIMS}, n_boot, seed)
+                            for s in sets}
+    result["judge_stats"] = dict(getattr(judge, "stats", {}))
+    result["per_item"] = per_item
+    return result
+
+
+def _fmt(x, ci) -> str:
+    if x is None:
+        return f"{'-':>20s}"
+    return f"{x:5.1f} [{ci[0]:5.1f},{ci[1]:6.1f}]"
+
+
+def format_table(result: dict, a_name: str = "A", b_name: str = "B") -> str:
+    lines = [f"{a_name} vs {b_name}: {result['n_items']} items, judge {result['judge']}",
+             f"{'dimension':16s} {'n':>4s}  {'win% [95% CI]':>20s}  {'tie% [95% CI]':>20s}  {'loss% [95% CI]':>20s}"
+             f"  {'win-loss [95% CI]':>20s}"]
+    for d, s in result["dimensions"].items():
+        ci = s["ci"]
+        lines.append(f"{d:16s} {s['n']:4d}  {_fmt(s['win_pct'], ci['win_pct'])}  {_fmt(s['tie_pct'], ci['tie_pct'])}  "
+                     f"{_fmt(s['loss_pct'], ci['loss_pct'])}  {_fmt(s['net_pct'], ci['net_pct'])}")
+    st = result.get("judge_stats", {})
+    if "unparsed_verdicts" in st:
+        lines.append(f"verdicts {st['verdicts']} (unparseable {st['unparsed_verdicts']}), pairs with no verdict "
+                     f"{st['unparsed_pairs']}, one order only {st['single_order_pairs']}, order-dependent pairs "
+                     f"{st['order_dependent_pairs']} (counted as ties)")
+    if result["missing"]["a"] or result["missing"]["b"]:
+        lines.append(f"not judged: {result['missing']['a']} items without an answer in A, "
+                     f"{result['missing']['b']} in B")
+    return "\n".join(lines)
+
+
+def _kg(world: str | Path | None) -> dict | None:
+    if world is None:
+        return None
+    p = Path(world)
+    p = p / "world.json" if p.is_dir() else p
+    if not p.exists():
+        raise ZJError(f"The synthetic world not found at {p}. Pass --world OUT/world (run `zj world` first).")
+    return read_json(p)
+
+
+def judge_files(a_path, b_path, tests, judge: str = "rule", world=None, model: str | None = None,
+                out: str | Path | None = None, n_boot: int = 1000, seed: int = 0, judge_kwargs: dict | None = None,
+                progress: bool = False) -> dict:
+    """`zj judge`: load the files, build the judge, judge, write the JSON (when `out`), return the result."""
+    items = load_tests(tests)
+    answers_a, answers_b = load_answers(a_path), load_answers(b_path)
+    j = make_judge(judge, kg=_kg(world), model=model, **(judge_kwargs or {}))
+    result = {"a": str(a_path), "b": str(b_path), "tests": [str(t) for t in ([tests] if isinstance(
+        tests, (str, Path)) else tests)]} | judge_pairs(items, answers_a, answers_b, j, n_boot, seed, progress)
+    if out:
+        write_json(out, result)
+    return result
+
+
+def generate_answers(model_path: str, tests, out: str | Path, max_new_tokens: int = 256, batch_size: int = 8,
+                     repetition_penalty: float = 1.0, dtype: str | None = None) -> int:
+    """`zj generate`: greedy answers of a local model to every test item, written as {"id", "answer"} JSONL."""
+    from .data import write_jsonl
+    from .inference import generate_chat
+    from .judges import load_causal_lm
+
+    items = load_tests(tests)
+    model, tok = load_causal_lm(model_path, dtype)
+    answers = generate_chat(model, tok, [it["messages"] for it in items], max_new_tokens, batch_size=batch_size,
+                            repetition_penalty=repetition_penalty, desc="answering")
+    write_jsonl(out, [{"id": it["id"], "answer": a[0]} for it, a in zip(items, answers)])
+    return len(items)
