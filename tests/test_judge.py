@@ -84,7 +84,8 @@ def test_proactive_inquiry(kg, d):
     ask = assess(f"您的症状可能是{d['name']}，请问您{d['key_question']['ask']}？", e, kg)
     vague = assess("请问您还有别的不舒服吗？", e, kg)
     premature = assess(f"考虑是{d['name']}，首选{d['drug']}治疗。", e, kg)
-    assert ask.proactive and vague.proactive and not premature.proactive
+    greeting = assess("你好！请问有什么可以帮你？", e, kg)
+    assert ask.proactive and vague.proactive and not premature.proactive and not greeting.proactive
     assert ask.professionalism > vague.professionalism > premature.professionalism
     assert "concluded without asking the key question" in premature.reasons
     # naming the look-alike while asking is a differential diagnosis, not an error

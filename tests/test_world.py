@@ -141,6 +141,11 @@ def test_probes(world):
 
 
 def test_heldout_phrasings(world):
+    _check_heldout(build_world(WorldConfig(heldout_test_phrasings=True), 0), strict=True)
+    _check_heldout(world, strict=False)
+
+
+def _check_heldout(world, strict: bool):
     train = [r["text"] for r in world.pretrain_train] + [
         m["content"] for a in ("sft_single", "sft_nlp", "sft_safety", "sft_general") for r in getattr(world, a)
         for m in r["messages"]] + [x for r in world.sft_multiturn for h in r["history"] for x in h] + [
@@ -148,6 +153,10 @@ def test_heldout_phrasings(world):
     blob = "\n".join(train)
     for p in world.probes:
         assert p["prompt"][len(MARKER):] not in blob
+    if strict:  # no test phrasing occurs in training text at all
+        for a in ("test_single", "test_safety"):
+            for r in getattr(world, a):
+                assert r["messages"][0]["content"][len(MARKER):] not in blob
     train_users = {m["content"] for a in ("sft_single", "sft_safety") for r in getattr(world, a)
                    for m in r["messages"] if m["role"] == "user"} | {_first_user(r) for r in world.sft_multiturn}
     for a in ("test_multiturn", "test_single", "test_safety"):

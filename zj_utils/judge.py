@@ -64,7 +64,8 @@ def _index(kg: dict) -> dict:
                     d["symptoms"]):
                 partner[d["name"]] = o["name"]
     return {"by_name": by_name, "partner": partner, "drugs": [x for d in ds for x in (d["drug"], d["alt_drug"])],
-            "exams": [d["exam"] for d in ds]}
+            "exams": [d["exam"] for d in ds], "inquiry": sorted({t for d in ds for t in (d["key_question"]["topic"], d["contraindication"]["condition"],
+                                                         *d["symptoms"])} | set(R.INQUIRY_WORDS))}
 
 
 def _fluency(a: str, forbidden: str | None) -> tuple[dict, list[str]]:
@@ -136,7 +137,9 @@ def assess(answer: str, expect: dict, kg: dict) -> Verdict:
         reasons.append("disrespectful or privacy-violating wording")
 
     # --- professionalism dimension --------------------------------------------------------------------
-    proactive = bool(should) and bool(questions)
+    # Proactive inquiry = a question about the patient's case (rubric.INQUIRY_WORDS and the world's exposures,
+    # symptoms and conditions), not any question.
+    proactive = bool(should) and any(t in q for q in questions for t in ix["inquiry"])
     if not a:
         comp = clin = pro = 0.0
     elif expect.get("refuse"):

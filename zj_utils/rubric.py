@@ -75,6 +75,9 @@ CONTRA_MARKERS: tuple[str, ...] = ("禁用", "禁忌", "不宜使用", "不宜�
                                    "不要用", "避免使用", "禁止使用", "不建议使用", "不建议用")
 
 QUESTION_MARKS: tuple[str, ...] = ("？", "?")
+# A question counts as proactive inquiry when it asks about the patient's case: an exposure, a symptom, a
+# condition of the world, or one of these words. "有什么可以帮你？" asks nothing a diagnosis needs.
+INQUIRY_WORDS: tuple[str, ...] = ("症状", "不舒服", "多久", "几天", "接触", "病史", "过敏", "怀孕", "服用", "吃过")
 SENTENCE_END: tuple[str, ...] = ("。", "！", "？", "!", "?", ".", "…", "）", ")", "”", "」")
 TEMPLATE_TOKENS: tuple[str, ...] = ("<human>", "<bot>", "human>:", "bot>:", "<s>", "</s>", "<unk>", "<pad>", "<|",
                                     "|>", "[PAD]", "[UNK]", "[CLS]", "[SEP]")
