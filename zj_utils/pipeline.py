@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import Timer, read_json, stage_dir, to_jsonable, write_json
+from .common import Timer, ZJError, read_json, stage_dir, to_jsonable, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_corpus_prep", "02_continued_pretraining_qlora", "03_sft", "04_reward_model", "05_ppo",
@@ -81,11 +81,16 @@ def reproduce(preset_name: str, out, seed: int = 0, overrides: list[str] | None 
         for nb in NOTEBOOKS:
             t = Timer()
             print(f"[zj reproduce] executing notebooks/{nb}.ipynb", file=sys.stderr, flush=True)
-            pm.execute_notebook(
-                str(ROOT / "notebooks" / f"{nb}.ipynb"), str(out / "notebooks" / f"{nb}.ipynb"),
-                parameters={"preset": preset_name, "out_dir": str(out), "seed": seed,
-                            "fig_dir": str(Path(fig_dir).resolve()), "overrides": list(overrides or [])},
-                kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
+            executed = out / "notebooks" / f"{nb}.ipynb"
+            try:
+                pm.execute_notebook(
+                    str(ROOT / "notebooks" / f"{nb}.ipynb"), str(executed),
+                    parameters={"preset": preset_name, "out_dir": str(out), "seed": seed,
+                                "fig_dir": str(Path(fig_dir).resolve()), "overrides": list(overrides or [])},
+                    kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
+            except pm.PapermillExecutionError as e:
+                raise ZJError(f"notebook {nb} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
+                              f"The executed copy with the traceback is {executed}") from e
             seconds[nb] = t()
     else:
         for stage in stages or STAGES:

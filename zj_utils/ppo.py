@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 @dataclass
 class PPOConfig:
-    steps: int = 30                  # PPO iterations (rollout + update)
+    steps: int = 60                  # PPO iterations (rollout + update)
     batch_size: int = 16             # prompts per rollout
     mini_batch_size: int = 8
     ppo_epochs: int = 2
-    learning_rate: float = 5e-5      # LoRA + value head
+    learning_rate: float = 1e-4      # LoRA + value head
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0

@@ -69,9 +69,9 @@ class SFTStageConfig:
     mix: dict = field(default_factory=lambda: {"multi_turn": 1.0, "single": 1.0, "nlp": 1.0, "general": 1.0, "safety": 1.0})
     multiturn_path: str = ""  # empty = the synthetic world's sft_multiturn.json; else a CMtMedQA-shaped file
     init_from: str = "pretrain"  # "pretrain" (the paper) or "base" (ablation: no continued pre-training)
-    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=16, alpha=32))
-    learning_rate: float = 2e-3
-    epochs: float = 8.0
+    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=32, alpha=64))
+    learning_rate: float = 3e-3
+    epochs: float = 12.0
     max_steps: int = -1
     batch_size: int = 16
     grad_accum: int = 1
@@ -140,7 +140,8 @@ PRESETS: dict[str, dict] = {
         "quant": {"compute_dtype": "bfloat16"},
         "pretrain": {"learning_rate": 2e-4, "epochs": 1, "batch_size": 4, "grad_accum": 4, "block_size": 1024,
                      "lora": {"r": 16, "alpha": 32, "modules_to_save": []}},
-        "sft": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 4, "grad_accum": 4, "max_length": 1024},
+        "sft": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 4, "grad_accum": 4, "max_length": 1024,
+                "lora": {"r": 16, "alpha": 32}},
         "rm": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "learning_rate": 2e-4, "batch_size": 8,
                "max_length": 1024},
         "ppo": {"steps": 200, "batch_size": 32, "mini_batch_size": 8, "max_new_tokens": 256, "learning_rate": 1e-5},
