@@ -2,7 +2,6 @@
 `make reproduce` does on `tiny`. Slow by design (a few minutes on 2 cores); it is the test that
 the whole pipeline runs end to end."""
 import json
-from pathlib import Path
 
 import nbformat
 import pytest

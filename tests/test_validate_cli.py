@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MT = {"id": "x1", "cate1": "内科", "cate2": "呼吸", "instruction": "现在呢？", "input": "",

@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from .common import Timer, cpu_threads, device, read_json, set_seed, stage_dir, world_dir, write_json
+from .common import begin_stage, device, read_json, world_dir, write_json
 
 
 def world_texts_for_tokenizer(world_dir: Path) -> list[str]:
@@ -63,16 +63,12 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
     from .tokenizer import train_tokenizer
 
     mc = preset.model
-    d = stage_dir(out, "base")
-    write_json(d / "config.json", {"stage": "base", "preset": preset.name, "seed": seed, "model": mc})
+    d, timer = begin_stage("base", preset, out, seed, model=mc)
     if mc.name_or_path != "tiny":
         metrics = {"base": mc.name_or_path, "built": False, "note": "real preset: the base model comes from the hub"}
         write_json(d / "metrics.json", metrics)
         return metrics
 
-    timer = Timer()
-    set_seed(seed)
-    torch.set_num_threads(cpu_threads())
     world = world_dir(out)
     tokenizer = train_tokenizer(world_texts_for_tokenizer(world), mc.vocab_size)
 

@@ -78,6 +78,19 @@ def world_dir(out: str | Path) -> Path:
     return Path(out) / "world"
 
 
+def begin_stage(stage: str, preset, out: str | Path, seed: int, **config) -> tuple[Path, "Timer"]:
+    """Every stage starts the same way: seed everything, use the machine's cores, and write OUT/<stage>/config.json
+    (the preset name, the seed and the stage's settings) before any work, so a run is reproducible from its folder."""
+    import torch
+
+    timer = Timer()
+    set_seed(seed)
+    torch.set_num_threads(cpu_threads())
+    d = stage_dir(out, stage)
+    write_json(d / "config.json", {"stage": stage, "preset": preset.name, "seed": seed, **config})
+    return d, timer
+
+
 class Timer:
     def __init__(self):
         self.t0 = time.perf_counter()

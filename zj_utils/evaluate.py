@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import world_dir, Timer, cpu_threads, read_json, resolve_model_path, set_seed, stage_dir, write_json
+from .common import begin_stage, load_tokenizer, read_json, resolve_model_path, world_dir, write_json
 from .data import load_jsonl, write_jsonl
 
 TEST_SETS = ("test_multiturn", "test_single", "test_safety")
@@ -67,18 +67,12 @@ def pairwise(verdicts_a: list, verdicts_b: list) -> dict:
 
 
 def run_eval(preset, out: str | Path, seed: int = 0) -> dict:
-    import torch
 
     from .inference import generate_chat, probe_accuracy
-    from .common import load_tokenizer
     from .reward import load_for_inference
 
     cfg = preset.eval
-    timer = Timer()
-    set_seed(seed)
-    torch.set_num_threads(cpu_threads())
-    d = stage_dir(out, "eval")
-    write_json(d / "config.json", {"stage": "eval", "preset": preset.name, "seed": seed, "eval": cfg})
+    d, timer = begin_stage("eval", preset, out, seed, eval=cfg)
     world = world_dir(out)
     kg = read_json(world / "world.json")
     items = load_test_items(world, cfg.max_items)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import Timer, ZJError, read_json, stage_dir, to_jsonable, write_json
+from .common import Timer, ZJError, begin_stage, read_json, to_jsonable, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_corpus_prep", "02_continued_pretraining_qlora", "03_sft", "04_reward_model", "05_ppo",
@@ -20,9 +20,7 @@ def default_out(preset_name: str, seed: int) -> Path:
 def run_world(preset, out, seed: int = 0) -> dict:
     from .world import build_world, write_world
 
-    timer = Timer()
-    d = stage_dir(out, "world")
-    write_json(d / "config.json", {"stage": "world", "preset": preset.name, "seed": seed, "world": preset.world})
+    d, timer = begin_stage("world", preset, out, seed, world=preset.world)
     counts = write_world(build_world(preset.world, seed), d)
     metrics = {"files": counts, "seconds": timer()}
     write_json(d / "metrics.json", metrics)

@@ -470,8 +470,7 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
 def run_ppo(preset, out, seed: int = 0) -> dict:
     """Stage 4: PPO on the SFT model (QLoRA: nf4 base + a fresh LoRA adapter) against the reward model, on the
     ranking prompts; held-out prompts (the test sets) are scored before and after with greedy answers."""
-    from .common import (Timer, cpu_threads, load_model, load_tokenizer, merge_adapter, require, set_seed,
-                         stage_dir, world_dir, write_json)
+    from .common import begin_stage, load_model, load_tokenizer, merge_adapter, require, world_dir, write_json
     from .data import load_jsonl
     from .inference import generate_chat
     from .presets import LoraSpec
@@ -479,12 +478,7 @@ def run_ppo(preset, out, seed: int = 0) -> dict:
     from .training import prepare_qlora
 
     cfg = preset.ppo
-    timer = Timer()
-    set_seed(seed)
-    torch.set_num_threads(cpu_threads())
-    d = stage_dir(out, "ppo")
-    write_json(d / "config.json", {"stage": "ppo", "preset": preset.name, "seed": seed, "ppo": cfg,
-                                   "model": preset.model, "quant": preset.quant})
+    d, timer = begin_stage("ppo", preset, out, seed, ppo=cfg, model=preset.model, quant=preset.quant)
     world = world_dir(out)
     prompts = [r["messages"] for r in load_jsonl(world / "rank_prompts.jsonl")]
     heldout = [r["messages"] for name in ("test_single", "test_safety", "test_multiturn")

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (world_dir, Timer, count_params, cpu_threads, load_model, load_tokenizer, merge_adapter,
-                     resolve_model_path, set_seed, stage_dir, write_json)
+from .common import (begin_stage, count_params, load_model, load_tokenizer, merge_adapter, resolve_model_path,
+                     world_dir, write_json)
 from .data import load_jsonl
 
 
 def run_pretrain(preset, out: str | Path, seed: int = 0) -> dict:
-    import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -22,12 +21,7 @@ def run_pretrain(preset, out: str | Path, seed: int = 0) -> dict:
     from .training import JsonlLogCallback, prepare_qlora, training_args
 
     cfg = preset.pretrain
-    timer = Timer()
-    set_seed(seed)
-    torch.set_num_threads(cpu_threads())
-    d = stage_dir(out, "pretrain")
-    write_json(d / "config.json", {"stage": "pretrain", "preset": preset.name, "seed": seed, "pretrain": cfg,
-                                   "model": preset.model, "quant": preset.quant})
+    d, timer = begin_stage("pretrain", preset, out, seed, pretrain=cfg, model=preset.model, quant=preset.quant)
     world = world_dir(out)
     texts = [r["text"] for r in load_jsonl(world / "pretrain_train.jsonl")]
     if cfg.max_texts > 0:

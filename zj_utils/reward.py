@@ -5,13 +5,12 @@ experts), turn every ranking into all strictly ordered pairs, and train a reward
 Rankings are also written in the ranking tool's own formats, so human rankings can replace or join them."""
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from .common import (world_dir, Timer, ZJError, count_params, cpu_threads, load_model, load_tokenizer, merge_adapter,
-                     read_json, require, set_seed, stage_dir, write_json)
-from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs, to_preference_records,
+from .common import (ZJError, begin_stage, count_params, load_model, load_tokenizer, merge_adapter, read_json,
+                     require, world_dir, write_json)
+from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, to_preference_records,
                    write_jsonl, write_ranking_input, write_ranking_output)
 
 
@@ -83,19 +82,14 @@ def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16)
 
 
 def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | None = None) -> dict:
-    import torch
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
 
     cfg = preset.rm
-    timer = Timer()
-    set_seed(seed)
-    torch.set_num_threads(cpu_threads())
-    d = stage_dir(out, "rm")
-    write_json(d / "config.json", {"stage": "rm", "preset": preset.name, "seed": seed, "rm": cfg,
-                                   "extra_rankings": extra_rankings or [], "model": preset.model, "quant": preset.quant})
+    d, timer = begin_stage("rm", preset, out, seed, rm=cfg, extra_rankings=extra_rankings or [], model=preset.model,
+                           quant=preset.quant)
     world = world_dir(out)
     kg = read_json(world / "world.json")
     prompts = load_jsonl(world / "rank_prompts.jsonl")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .common import (world_dir, Timer, ZJError, count_params, cpu_threads, load_model, load_tokenizer, merge_adapter,
-                     resolve_model_path, set_seed, stage_dir, write_json)
+from .common import (ZJError, begin_stage, count_params, load_model, load_tokenizer, merge_adapter,
+                     resolve_model_path, world_dir, write_json)
 from .data import load_cmtmedqa, load_messages_jsonl
 
 # kind -> file in OUT/world; multi-turn dialogues are in CMtMedQA's own record shape.
@@ -46,7 +46,6 @@ def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "") ->
 
 
 def run_sft(preset, out: str | Path, seed: int = 0) -> dict:
-    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -54,12 +53,7 @@ def run_sft(preset, out: str | Path, seed: int = 0) -> dict:
     from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
 
     cfg = preset.sft
-    timer = Timer()
-    set_seed(seed)
-    torch.set_num_threads(cpu_threads())
-    d = stage_dir(out, "sft")
-    write_json(d / "config.json", {"stage": "sft", "preset": preset.name, "seed": seed, "sft": cfg,
-                                   "model": preset.model, "quant": preset.quant})
+    d, timer = begin_stage("sft", preset, out, seed, sft=cfg, model=preset.model, quant=preset.quant)
     world = world_dir(out)
     records, counts = mix_sft_data(world, cfg.mix, seed, cfg.multiturn_path)
     init = sft_init_path(preset, out)
