@@ -290,3 +290,40 @@ def test_same_seed_same_log(tok, tmp_path):
         _, _, rows = _run(tok, tmp_path / d, steps=3, kl_estimator="k3", adaptive_kl=True)
         logs.append([{k: v for k, v in r.items() if k not in timing} for r in rows])
     assert logs[0] == logs[1]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_log_and_weights(tok, tmp_path):
+    """A run killed after its step-2 checkpoint and resumed gives the log and adapter of an uninterrupted run."""
+    from peft import get_peft_model_state_dict
+
+    timing = {"seconds", "tokens_per_s"}
+    cfg = dict(steps=4, batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3, max_new_tokens=6,
+               kl_coef=0.02, save_every=2, adaptive_kl=True)
+
+    def run(out, resume=False, kill_at=None):
+        policy = make_policy(tok, seed=0)
+
+        def killer(step, stats):
+            if step == kill_at:
+                raise _Killed
+
+        try:
+            train_ppo(policy, tok, make_counting_rm(tok), PROMPTS, PPOConfig(**cfg), out, seed=0,
+                      callback=killer, resume=resume)
+        except _Killed:
+            pass
+        rows = [{k: v for k, v in json.loads(l).items() if k not in timing} for l in open(out / "ppo_log.jsonl")]
+        return rows, get_peft_model_state_dict(policy)
+
+    straight, w_straight = run(tmp_path / "a")
+    partial, _ = run(tmp_path / "b", kill_at=3)
+    assert len(partial) == 3 and (tmp_path / "b" / "latest.json").exists()
+    # a half-written checkpoint left by a kill is never taken
+    (tmp_path / "b" / ".checkpoint-000004.tmp").mkdir()
+    resumed, w_resumed = run(tmp_path / "b", resume=True)
+    assert resumed == straight
+    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)

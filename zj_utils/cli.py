@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, help_text in STAGE_HELP.items():
         p = sub.add_parser(stage, help=help_text, description=help_text)
         _common(p)
+        if stage == "ppo":
+            p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
         if stage == "rm":
             p.add_argument("--rankings", action="append", default=[], metavar="TSV",
                            help="add human rankings in the ranking tool's TSV format (repeatable)")
@@ -146,6 +148,8 @@ def _dispatch(args) -> int:
         return 0
     preset = get_preset(args.preset, args.overrides)
     kwargs = {"extra_rankings": args.rankings} if args.command == "rm" else {}
+    if args.command == "ppo":
+        kwargs["resume"] = args.resume
     metrics = run_stage(args.command, preset, out, args.seed, **kwargs)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     print(f"wrote {out}/{args.command}/")

@@ -18,7 +18,9 @@ first EOS, 0 on the padding after it.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +59,7 @@ class PPOConfig:
     whiten_advantages: bool = True
     missing_eos_penalty: float = -1.0  # added to the score when the response has no EOS
     log_every: int = 1
+    save_every: int = 10             # checkpoint every N steps (0: only at the end); resume with resume=True
 
 
 LOG_KEYS = ("step", "score", "reward_with_kl", "kl", "kl_coef", "entropy", "policy_clipfrac",
@@ -394,13 +397,72 @@ def ppo_step(policy, value_head, optimizer, tokenizer, reward_model, prompts, cf
 
 # --------------------------------------------------------------------------- the loop
 
+# --------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(out_dir: Path, step: int, policy, value_head, optimizer, kl_ctl, state: dict) -> Path:
+    """Everything a resumed run needs to continue exactly: adapter, value head, optimizer, KL coefficient, the
+    prompt order and every RNG. Written to its own folder first; only then does `latest.json` point at it, so
+    a run killed mid-write resumes from the previous complete checkpoint."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from .common import write_json
+
+    ckpt = out_dir / f"checkpoint-{step:06d}"
+    tmp = out_dir / f".checkpoint-{step:06d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(policy).items()},
+              str(tmp / "adapter.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
+              str(tmp / "value_head.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "generator": state.pop("generator").get_state()}, tmp / "optimizer_and_rng.pt")
+    write_json(tmp / "state.json", state | {"step": step, "kl_coef": kl_ctl.value})
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    os.replace(tmp, ckpt)
+    write_json(out_dir / "latest.json", {"checkpoint": ckpt.name, "step": step})
+    for old in out_dir.glob("checkpoint-*"):
+        if old != ckpt:
+            shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def load_checkpoint(out_dir: Path, policy, value_head, optimizer, kl_ctl, generator) -> dict | None:
+    """Restore the last complete checkpoint in place; returns its state (step, history, order, rng) or None."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from .common import read_json
+
+    latest = out_dir / "latest.json"
+    if not latest.exists():
+        return None
+    ckpt = out_dir / read_json(latest)["checkpoint"]
+    set_peft_model_state_dict(policy, load_file(str(ckpt / "adapter.safetensors")))
+    value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
+    blob = torch.load(ckpt / "optimizer_and_rng.pt", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    torch.set_rng_state(blob["torch_rng"])
+    generator.set_state(blob["generator"])
+    state = read_json(ckpt / "state.json")
+    kl_ctl.value = state["kl_coef"]
+    return state
+
+
+# --------------------------------------------------------------------------- the loop
+
 def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, out_dir, seed: int = 0,
               reward_tokenizer=None, callback: Optional[Callable] = None,
-              reward_fn: Optional[Callable] = None) -> dict:
+              reward_fn: Optional[Callable] = None, resume: bool = False) -> dict:
     """PPO on a `peft.PeftModel` policy (its LoRA adapter and a new value head are trained;
     with the adapter disabled it is the frozen reference). `reward_model` is a frozen
     sequence-classification model with one label, or None with `reward_fn` given instead.
-    Writes out_dir/ppo_log.jsonl, out_dir/adapter/ and out_dir/value_head.safetensors."""
+    Writes out_dir/ppo_log.jsonl, out_dir/adapter/ and out_dir/value_head.safetensors, and a checkpoint every
+    `cfg.save_every` steps; with `resume=True` it continues from the last complete one, and the log and the
+    final weights are the same as those of an uninterrupted run."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -424,7 +486,18 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
     log_path = out_dir / "ppo_log.jsonl"
     history, total_skipped, t_start = [], 0, time.perf_counter()
     order: list = []
-    with open(log_path, "w") as log, tqdm(range(1, cfg.steps + 1), desc="ppo") as bar:
+    state = load_checkpoint(out_dir, policy, value_head, optimizer, kl_ctl, gen) if resume else None
+    first = 1
+    if state is not None:
+        history, order, first = state["history"], state["order"], state["step"] + 1
+        total_skipped = sum(r["skipped_batches"] for r in history)
+        version, internal, gauss = state["python_rng"]
+        rng.setstate((version, tuple(internal), gauss))
+    with open(log_path, "w") as log, tqdm(range(first, cfg.steps + 1), desc="ppo", initial=first - 1,
+                                          total=cfg.steps) as bar:
+        for row in history:  # the resumed log starts with the steps the checkpoint holds
+            if row["step"] % cfg.log_every == 0:
+                log.write(json.dumps(row) + "\n")
         for step in bar:
             batch = []
             while len(batch) < cfg.batch_size:  # walk through shuffled epochs of the prompts
@@ -440,6 +513,10 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
                 log.write(json.dumps(stats) + "\n")
                 log.flush()
             bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                save_checkpoint(out_dir, step, policy, value_head, optimizer, kl_ctl,
+                                {"history": history, "order": order, "python_rng": rng.getstate(),
+                                 "generator": gen})
             if callback is not None:
                 callback(step, stats)
 
@@ -467,7 +544,7 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
 
 # --------------------------------------------------------------------------- the pipeline stage
 
-def run_ppo(preset, out, seed: int = 0) -> dict:
+def run_ppo(preset, out, seed: int = 0, resume: bool = False) -> dict:
     """Stage 4: PPO on the SFT model (QLoRA: nf4 base + a fresh LoRA adapter) against the reward model, on the
     ranking prompts; held-out prompts (the test sets) are scored before and after with greedy answers."""
     from .common import begin_stage, load_model, load_tokenizer, merge_adapter, require, world_dir, write_json
@@ -495,7 +572,7 @@ def run_ppo(preset, out, seed: int = 0) -> dict:
         return round(score_conversations(reward_model, tokenizer, convs).mean().item(), 4)
 
     before = heldout_score()  # the adapter starts at zero: this is the SFT model
-    summary = train_ppo(policy, tokenizer, reward_model, prompts, cfg, d, seed)
+    summary = train_ppo(policy, tokenizer, reward_model, prompts, cfg, d, seed, resume=resume)
     after = heldout_score()
     merge_adapter(sft_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {k: v for k, v in summary.items() if k != "config"} | {

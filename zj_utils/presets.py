@@ -9,6 +9,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
+from .align import AlignConfig
 from .common import ZJError
 from .ppo import PPOConfig
 from .world import WorldConfig
@@ -113,6 +114,7 @@ class Preset:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -132,6 +134,8 @@ PRESETS: dict[str, dict] = {
         "sft": {"max_steps": 6, "batch_size": 8, "max_length": 160},
         "rm": {"max_prompts": 12, "max_new_tokens": 24, "epochs": 1.0, "batch_size": 8, "max_length": 200},
         "ppo": {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 16},
+        "align": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "max_completion_length": 16,
+                  "max_length": 200},
         "eval": {"max_new_tokens": 24, "max_items": 6},
     },
     "qwen2.5-0.5b": {

@@ -1,0 +1,279 @@
+"""RLHF alternatives to our PPO, from TRL 1.16: DPO, GRPO and RLOO on the same SFT model, the same reward model
+and the same prompts, and `compare_alignment`, which puts them side by side with PPO.
+
+* DPO   learns from preference pairs. They are the reward stage's rankings (OUT/rm/rankings.jsonl: the SFT
+        model's 4 sampled answers per ranking prompt, ranked by the annotator) turned into all strictly ordered
+        pairs: what DPO would see from the same annotators. The reference is the policy without its LoRA update
+        (TRL 1.16 keeps a frozen copy of the fresh, zero-initialised adapter as "ref", which equals the
+        adapter-disabled model).
+* GRPO  samples `num_generations` answers per ranking prompt, scores them with the reward model (a TRL reward
+        function, `make_reward_fn`) and uses the group-normalised score as the advantage; KL to the reference
+        (adapter-free policy) with coefficient `beta`.
+* RLOO  the same sampling, with the leave-one-out mean of the group as the baseline.
+
+The policy is OUT/sft/merged with QLoRA, exactly like `run_ppo`. Each method writes OUT/align_<method>/ with
+config.json, log.jsonl, metrics.json, adapter/ and merged/.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .common import ZJError
+
+METHODS = ("dpo", "grpo", "rloo")
+
+
+@dataclass
+class AlignConfig:
+    max_steps: int = 40               # optimizer steps (-1: use epochs)
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    batch_size: int = 16              # per step: completions (GRPO/RLOO, = prompts x num_generations) or pairs (DPO)
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    num_generations: int = 4          # answers per prompt (GRPO/RLOO); must divide batch_size
+    max_completion_length: int = 48   # as ppo.max_new_tokens
+    temperature: float = 1.0
+    beta: float = 0.05                # KL coefficient (GRPO/RLOO, as ppo.kl_coef) / DPO's beta
+    dpo_beta: float = 0.1             # DPO's own beta (its scale differs from the KL penalty's)
+    max_length: int = 320             # DPO: prompt + answer tokens
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+
+
+def make_reward_fn(reward_model, tokenizer, batch_size: int = 16):
+    """The frozen reward model as a TRL reward function: `reward_fn(prompts, completions, **kw) -> list[float]`.
+    Prompts and completions may be conversational (message lists) or plain strings."""
+    from .reward import score_conversations
+
+    def reward_model_score(prompts, completions, **kwargs):
+        convs = []
+        for p, c in zip(prompts, completions):
+            p = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+            c = [{"role": "assistant", "content": c}] if isinstance(c, str) else list(c)
+            convs.append([{"role": m["role"], "content": m["content"]} for m in p + c])
+        return [float(x) for x in score_conversations(reward_model, tokenizer, convs, batch_size)]
+
+    return reward_model_score
+
+
+def _messages(msgs: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def _log_summary(history: list[dict]) -> dict:
+    """First/last logged values of the keys worth reading from the Trainer's log history."""
+    out = {}
+    for key in ("loss", "reward", "kl", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                "rewards/margins", "completions/mean_length", "entropy"):
+        vals = [h[key] for h in history if key in h and isinstance(h[key], (int, float))]
+        if vals:
+            name = key.replace("/", "_")
+            out[f"{name}_first"], out[f"{name}_last"] = round(vals[0], 4), round(vals[-1], 4)
+    return out
+
+
+def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> dict:
+    """Align OUT/sft/merged with `method` (dpo, grpo or rloo) from TRL; writes OUT/align_<method>/."""
+    if method not in METHODS:
+        raise ZJError(f"Unknown alignment method '{method}'. Known: {', '.join(METHODS)}.")
+    from datasets import Dataset
+
+    from .common import begin_stage, count_params, load_model, load_tokenizer, merge_adapter, require, world_dir, \
+        write_json
+    from .data import load_jsonl, to_preference_records
+    from .presets import LoraSpec
+    from .reward import load_reward_model
+    from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
+
+    cfg = preset.align
+    d, timer = begin_stage(f"align_{method}", preset, out, seed, method=method, align=cfg, model=preset.model,
+                           quant=preset.quant)
+    world = world_dir(out)
+    sft_path = str(require(Path(out) / "sft" / "merged", "The SFT model", "Run `zj sft` first, with the same --out."))
+    tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
+    lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
+    policy = prepare_qlora(load_model(sft_path, preset.model, preset.quant), lora, quantized=preset.quant.load_in_4bit)
+    callbacks = [JsonlLogCallback(d / "log.jsonl")]
+    info: dict = {}
+
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        rankings = load_jsonl(require(Path(out) / "rm" / "rankings.jsonl", "The reward stage's rankings",
+                                      "Run `zj rm` first, with the same --out."))
+        pairs = [rec for r in rankings for rec in to_preference_records(r["messages"], r["responses"], r["ranks"])]
+        if not pairs:
+            raise ZJError(f"No preference pairs in {out}/rm/rankings.jsonl (every ranking is all ties).")
+        args = training_args(DPOConfig, cfg, d, seed, preset, beta=cfg.dpo_beta, max_length=cfg.max_length)
+        trainer = DPOTrainer(model=policy, args=args, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(pairs), callbacks=callbacks)
+        info = {"rankings": len(rankings), "pairs": len(pairs)}
+    else:
+        if cfg.batch_size % cfg.num_generations:
+            raise ZJError(f"align.batch_size ({cfg.batch_size}) must be a multiple of align.num_generations "
+                          f"({cfg.num_generations}).")
+        if method == "grpo":
+            from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+        else:
+            from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+        prompts = [{"prompt": _messages(r["messages"])} for r in load_jsonl(world / "rank_prompts.jsonl")]
+        reward_model = load_reward_model(out, preset)
+        args = training_args(Config, cfg, d, seed, preset, beta=cfg.beta, num_generations=cfg.num_generations,
+                             max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+                             top_k=0, top_p=1.0, use_vllm=False)
+        trainer = Trainer(model=policy, reward_funcs=make_reward_fn(reward_model, tokenizer), args=args,
+                          processing_class=tokenizer, train_dataset=Dataset.from_list(prompts), callbacks=callbacks)
+        info = {"prompts": len(prompts)}
+    restore_adapter_dtype(trainer.model, preset)
+    result = trainer.train()
+    model = trainer.model
+    # TRL may add a frozen "ref" copy of the adapter; only the trained one is the result
+    model.save_pretrained(str(d / "adapter"), selected_adapters=["default"])
+    merge_adapter(sft_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
+    metrics = {"method": method, **info, "steps": result.global_step, "train_loss": round(result.training_loss, 4),
+               "train_seconds": round(result.metrics.get("train_runtime", float("nan")), 2),
+               "trainable_params": count_params(model)["trainable"],
+               **_log_summary(trainer.state.log_history), "seconds": timer()}
+    write_json(d / "metrics.json", metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------- comparison
+
+def answer_logprobs(model, tokenizer, conversations: list[list[dict]], answers: list[str], batch_size: int = 16):
+    """Per-token log-probs of each answer (its tokens + EOS) after its chat prompt: a list of 1-D tensors."""
+    import torch
+
+    from .ppo import _pad_id, compute_logprobs, render_prompts
+
+    pad, dev = _pad_id(tokenizer), next(model.parameters()).device
+    model.eval()
+    out = []
+    for i in range(0, len(answers), batch_size):
+        texts = render_prompts(tokenizer, conversations[i:i + batch_size])
+        q_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        r_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                 for a in answers[i:i + batch_size]]
+        P, R = max(map(len, q_ids)), max(map(len, r_ids))
+        ids = torch.full((len(q_ids), P + R), pad, dtype=torch.long)
+        am = torch.zeros_like(ids)
+        for j, (q, r) in enumerate(zip(q_ids, r_ids)):  # prompts left-padded, answers right-padded
+            ids[j, P - len(q):P + len(r)] = torch.tensor(q + r)
+            am[j, P - len(q):P + len(r)] = 1
+        with torch.no_grad():
+            logp, _, _ = compute_logprobs(model, ids.to(dev), am.to(dev), P)
+        out += [logp[j, :len(r)].float().cpu() for j, r in enumerate(r_ids)]
+    return out
+
+
+def compare_alignment(preset, out: str | Path, seed: int = 0, fig_dir: str | Path | None = None) -> dict:
+    """PPO and every finished OUT/align_<method>/ against the SFT model on the held-out test prompts:
+    reward-model score of greedy answers, KL to SFT, unsafe rate on test_safety, rule-judge win rate against SFT,
+    and training wall time. Writes OUT/align_compare/{metrics.json,table.md,alignment_comparison.png}."""
+    import torch
+
+    from .common import begin_stage, load_tokenizer, read_json, require, write_json
+    from .compare import judge_pairs
+    from .evaluate import judge_answers, load_test_items, summarize_verdicts
+    from .inference import generate_chat
+    from .judges import RuleJudge
+    from .reward import load_for_inference, load_reward_model, score_conversations
+
+    out = Path(out)
+    cfg = preset.eval
+    d, timer = begin_stage("align_compare", preset, out, seed, eval=cfg)
+    world = require(out / "world" / "world.json", "The synthetic world", "Run `zj world` first.").parent
+    kg = read_json(world / "world.json")
+    items = load_test_items(world, cfg.max_items)
+    convs = [it["messages"] for it in items]
+    sft_path = str(require(out / "sft" / "merged", "The SFT model", "Run `zj sft` first, with the same --out."))
+    systems = {"ppo": out / "ppo" / "merged"} | {m: out / f"align_{m}" / "merged" for m in METHODS}
+    systems = {k: v for k, v in systems.items() if (v / "config.json").exists()}
+    if not systems:
+        raise ZJError(f"No aligned model in {out}: run `zj ppo` or `zj align --method dpo|grpo|rloo` first.")
+    tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
+    reward_model = load_reward_model(out, preset)
+    judge = RuleJudge(kg)
+
+    def answer(model) -> list[str]:
+        return [a[0] for a in generate_chat(model, tokenizer, convs, cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                            repetition_penalty=cfg.repetition_penalty)]
+
+    def rm_score(answers) -> float:
+        scored = [c + [{"role": "assistant", "content": a}] for c, a in zip(convs, answers)]
+        return round(score_conversations(reward_model, tokenizer, scored).mean().item(), 4)
+
+    sft = load_for_inference(sft_path, preset)
+    sft_answers = answer(sft)
+    rows = {"sft": {"rm_score": rm_score(sft_answers), "kl_to_sft": 0.0,
+                    "unsafe_rate": summarize_verdicts(items, judge_answers(items, sft_answers, kg))["unsafe_rate"],
+                    "win_pct_vs_sft": None, "loss_pct_vs_sft": None, "train_seconds": None, "stage_seconds": None}}
+    for name, path in systems.items():
+        model = load_for_inference(str(path), preset)
+        answers = answer(model)
+        # KL estimator: k1 = mean over answer tokens of log p_aligned(y_t) - log p_sft(y_t), on the aligned model's
+        # greedy answers. Greedy answers are not samples of the policy, so this is a log-ratio on its modal
+        # answers (what evaluation reads), not an unbiased estimate of KL(aligned || sft).
+        lp_new = answer_logprobs(model, tokenizer, convs, answers, cfg.batch_size)
+        lp_ref = answer_logprobs(sft, tokenizer, convs, answers, cfg.batch_size)
+        diff = torch.cat([a - b for a, b in zip(lp_new, lp_ref)])
+        seq_kl = torch.stack([(a - b).sum() for a, b in zip(lp_new, lp_ref)])
+        verdicts = summarize_verdicts(items, judge_answers(items, answers, kg))
+        ids = [it["id"] for it in items]
+        wtl = judge_pairs(items, dict(zip(ids, answers)), dict(zip(ids, sft_answers)), judge, n_boot=200,
+                          seed=seed)["dimensions"]["overall"]
+        stage = "ppo" if name == "ppo" else f"align_{name}"
+        m = read_json(out / stage / "metrics.json") if (out / stage / "metrics.json").exists() else {}
+        rows[name] = {"rm_score": rm_score(answers), "kl_to_sft": round(diff.mean().item(), 5),
+                      "kl_to_sft_per_answer": round(seq_kl.mean().item(), 4),
+                      "unsafe_rate": verdicts["unsafe_rate"],
+                      "win_pct_vs_sft": wtl["win_pct"], "tie_pct_vs_sft": wtl["tie_pct"],
+                      "loss_pct_vs_sft": wtl["loss_pct"], "win_ci": wtl["ci"]["win_pct"],
+                      "train_seconds": round(m.get("total_seconds", m.get("train_seconds", float("nan"))), 2),
+                      "stage_seconds": m.get("seconds")}
+        del model
+    metrics = {"items": len(items), "sets": sorted({it["set"] for it in items}),
+               "kl_estimator": "k1 per token: mean of log p_aligned - log p_sft over the aligned model's greedy "
+                               "answer tokens (incl. EOS); kl_to_sft_per_answer is its sum per answer",
+               "models": rows, "seconds": timer()}
+    write_json(d / "metrics.json", metrics)
+    (d / "table.md").write_text(format_table(rows), encoding="utf-8")
+    from .plots import save
+    save(comparison_figure(rows), fig_dir or d, "alignment_comparison")
+    return metrics
+
+
+def format_table(rows: dict) -> str:
+    def f(x, fmt):
+        return "–" if x is None else format(x, fmt)
+
+    lines = ["| model | RM score | KL to SFT (per token) | unsafe rate | win % vs SFT | loss % vs SFT "
+             "| training s | stage s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {f(r['rm_score'], '.3f')} | {f(r['kl_to_sft'], '.4f')} | "
+                     f"{f(r['unsafe_rate'], '.3f')} | {f(r['win_pct_vs_sft'], '.1f')} | "
+                     f"{f(r['loss_pct_vs_sft'], '.1f')} | {f(r['train_seconds'], '.1f')} | "
+                     f"{f(r['stage_seconds'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_figure(rows: dict):
+    import matplotlib.pyplot as plt
+
+    panels = [("rm_score", "reward-model score"), ("kl_to_sft", "KL to SFT (k1/token)"),
+              ("unsafe_rate", "unsafe rate (test_safety)"), ("win_pct_vs_sft", "win % vs SFT (rule judge)"),
+              ("train_seconds", "training seconds")]
+    names = list(rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
+    for ax, (key, title) in zip(axes, panels):
+        vals = [rows[n][key] if rows[n][key] is not None else 0.0 for n in names]
+        ax.bar(names, vals, color=["#999999" if n == "sft" else "#2f6db5" for n in names])
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
