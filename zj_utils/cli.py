@@ -1,6 +1,8 @@
 """`zj`: every stage from the command line, so that it scripts and launches under accelerate/torchrun.
 
     zj world|base|pretrain|sft|rm|ppo|eval --preset tiny --out runs/tiny-seed0 --seed 0 [--set sft.epochs=2]
+    zj align --method dpo|grpo|rloo --preset tiny --out runs/tiny-seed0   # TRL alternatives to our PPO
+    zj align-compare --out runs/tiny-seed0   # PPO vs DPO/GRPO/RLOO against SFT
     zj reproduce --preset tiny            # every notebook, headless, with papermill
     zj presets                            # what the presets are
     zj judge A.jsonl B.jsonl --tests TESTS.jsonl [--judge rule|openai|local] [--world OUT/world] [--model NAME]
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .common import ZJError
 from .data import DataError
@@ -46,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         if stage == "rm":
             p.add_argument("--rankings", action="append", default=[], metavar="TSV",
                            help="add human rankings in the ranking tool's TSV format (repeatable)")
+    p = sub.add_parser("align", help="align the SFT model with TRL's DPO, GRPO or RLOO (compare with our PPO)",
+                       description="DPO on the reward stage's rankings, or GRPO/RLOO against the reward model, on "
+                                   "the SFT model with QLoRA; writes OUT/align_<method>/.")
+    _common(p)
+    p.add_argument("--method", required=True, choices=("dpo", "grpo", "rloo"))
+    p = sub.add_parser("align-compare", help="compare PPO and the aligned models against SFT on the test sets",
+                       description="Reward score, KL to SFT, unsafe rate, win rate vs SFT and training time of PPO "
+                                   "and every OUT/align_<method>/; writes OUT/align_compare/.")
+    _common(p)
     p = sub.add_parser("reproduce", help="run the whole pipeline (notebooks via papermill)")
     _common(p)
     p.add_argument("--no-notebooks", action="store_true", help="call the stage functions directly instead")
@@ -147,6 +159,18 @@ def _dispatch(args) -> int:
         print(f"metrics: {out}/metrics.json  ({summary['total_seconds']:.0f} s)")
         return 0
     preset = get_preset(args.preset, args.overrides)
+    if args.command in ("align", "align-compare"):
+        from .align import compare_alignment, run_align
+
+        if args.command == "align":
+            metrics, stage = run_align(preset, out, args.seed, args.method), f"align_{args.method}"
+        else:
+            metrics, stage = compare_alignment(preset, out, args.seed), "align_compare"
+        print(json.dumps(metrics, ensure_ascii=False, indent=2))
+        if args.command == "align-compare":
+            print((Path(out) / "align_compare" / "table.md").read_text(encoding="utf-8"))
+        print(f"wrote {out}/{stage}/")
+        return 0
     kwargs = {"extra_rankings": args.rankings} if args.command == "rm" else {}
     if args.command == "ppo":
         kwargs["resume"] = args.resume

@@ -1,0 +1,117 @@
+"""DPO, GRPO and RLOO from TRL on the smoke pipeline, and their comparison with our PPO."""
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from zj_utils.pipeline import reproduce
+
+    out = tmp_path_factory.mktemp("align_run")
+    # everything the alignment stages read: SFT model, reward model and its rankings, PPO (no eval needed)
+    reproduce("smoke", out, notebooks=False, fig_dir=out / "figs",
+              stages=["world", "base", "pretrain", "sft", "rm", "ppo"])
+    return out
+
+
+def _finite(d: dict):
+    for k, v in d.items():
+        if isinstance(v, float):
+            assert math.isfinite(v), (k, v)
+
+
+def test_preset_has_align_config():
+    from zj_utils.align import AlignConfig
+    from zj_utils.presets import get_preset
+
+    p = get_preset("smoke", ["align.beta=0.1"])
+    assert isinstance(p.align, AlignConfig) and p.align.beta == 0.1 and p.align.max_steps == 2
+    assert get_preset("tiny").align.max_steps == AlignConfig().max_steps
+
+
+def test_reward_fn_scores_conversations(run):
+    from zj_utils.align import make_reward_fn
+    from zj_utils.common import load_tokenizer
+    from zj_utils.presets import get_preset
+    from zj_utils.reward import load_reward_model, score_conversations
+
+    preset = get_preset("smoke")
+    tok = load_tokenizer(str(run / "sft" / "merged"))
+    rm = load_reward_model(run, preset)
+    prompts = [[{"role": "user", "content": "医生您好"}]] * 2
+    completions = [[{"role": "assistant", "content": "您好"}], [{"role": "assistant", "content": "请问哪里不舒服？"}]]
+    got = make_reward_fn(rm, tok)(prompts=prompts, completions=completions, completion_ids=None)
+    want = score_conversations(rm, tok, [p + c for p, c in zip(prompts, completions)]).tolist()
+    assert got == pytest.approx(want)
+    assert got == pytest.approx(make_reward_fn(rm, tok)(["医生您好"] * 2, ["您好", "请问哪里不舒服？"]))
+
+
+@pytest.mark.parametrize("method", ["dpo", "grpo", "rloo"])
+def test_run_align(run, method):
+    from peft import PeftModel
+
+    from zj_utils.align import run_align
+    from zj_utils.common import load_model, load_tokenizer
+    from zj_utils.presets import get_preset
+
+    preset = get_preset("smoke")
+    m = run_align(preset, run, 0, method)
+    d = run / f"align_{method}"
+    for f in ("config.json", "metrics.json", "log.jsonl", "adapter/adapter_config.json", "merged/config.json"):
+        assert (d / f).exists(), f
+    assert not (d / "adapter" / "ref").exists()  # TRL's frozen reference copy is not saved
+    assert json.loads((d / "config.json").read_text())["method"] == method
+    assert m["steps"] == preset.align.max_steps and m["seconds"] > 0
+    _finite(m)
+    assert (d / "log.jsonl").read_text().strip()
+
+    # the reference (SFT model = aligned policy with its adapter disabled) is unchanged by training
+    sft = str(run / "sft" / "merged")
+    tok = load_tokenizer(sft)
+    ids = tok("［虚构］医生您好，我头痛。", return_tensors="pt")["input_ids"]
+    ref = load_model(sft, preset.model)
+    policy = PeftModel.from_pretrained(load_model(sft, preset.model), str(d / "adapter"))
+    with torch.no_grad():
+        want = ref(ids).logits
+        with policy.disable_adapter():
+            got = policy(ids).logits
+        trained = policy(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.isfinite(trained).all()
+
+
+def test_compare_and_cli(run, capsys):
+    from zj_utils.align import METHODS
+    from zj_utils.cli import main
+
+    for method in METHODS:  # the test above may have been deselected
+        if not (run / f"align_{method}" / "merged" / "config.json").exists():
+            pytest.skip("needs the aligned models of test_run_align")
+    assert main(["align-compare", "--preset", "smoke", "--out", str(run)]) == 0
+    d = run / "align_compare"
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"sft", "ppo", *METHODS}
+    for name, row in metrics["models"].items():
+        assert math.isfinite(row["rm_score"]) and math.isfinite(row["kl_to_sft"])
+        assert 0 <= row["unsafe_rate"] <= 1
+        if name != "sft":
+            assert 0 <= row["win_pct_vs_sft"] <= 100 and row["train_seconds"] > 0
+    table = (d / "table.md").read_text()
+    assert all(f"| {n} |" in table for n in metrics["models"])
+    assert (d / "alignment_comparison.png").exists()
+    assert "| rloo |" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path, capsys):
+    from zj_utils.cli import main
+
+    assert main(["align", "--method", "grpo", "--preset", "smoke", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zj align: error:") and "\n" not in err and "Traceback" not in err
+    assert main(["align-compare", "--preset", "smoke", "--out", str(tmp_path)]) == 2
+    assert "zj align-compare: error:" in capsys.readouterr().err
