@@ -30,9 +30,11 @@ def ensure_venv() -> Path:
     py = VENV / "bin" / "python"
     if not py.exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
-        # CPU wheels: an unpinned index pulls a multi-GB CUDA torch onto CPU machines
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--index-url", "https://download.pytorch.org/whl/cpu",
-                        "torch==2.13.0"], check=True)
+        # CPU wheels: an unpinned index pulls a multi-GB CUDA torch onto CPU machines. First the configured
+        # indexes/find-links (a local +cpu wheel, when the machine has one), then the PyTorch CPU index.
+        pip = [str(py), "-m", "pip", "install", "-q", "--retries", "1", "--timeout", "30"]
+        if subprocess.run([*pip, "--only-binary", ":all:", "torch==2.13.0+cpu"]).returncode != 0:
+            subprocess.run([*pip, "--index-url", "https://download.pytorch.org/whl/cpu", "torch==2.13.0"], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", *PINS], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
     return py

@@ -181,7 +181,8 @@ def compare_alignment(preset, out: str | Path, seed: int = 0, fig_dir: str | Pat
     from .evaluate import judge_answers, load_test_items, summarize_verdicts
     from .inference import generate_chat
     from .judges import RuleJudge
-    from .reward import load_for_inference, load_reward_model, score_conversations
+    from .common import load_for_inference
+    from .reward import load_reward_model, score_conversations
 
     out = Path(out)
     cfg = preset.eval

@@ -180,6 +180,14 @@ def keep_4bit_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def load_for_inference(path: str, preset, kind: str = "causal"):
+    """Full precision on a CPU (nf4 only saves memory and costs time there); nf4 on a GPU when the preset says so."""
+    import torch
+
+    quant = preset.quant if (preset.quant.load_in_4bit and torch.cuda.is_available()) else None
+    return load_model(path, preset.model, quant, kind=kind)
+
+
 def device():
     import torch
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import begin_stage, load_tokenizer, read_json, resolve_model_path, world_dir, write_json
+from .common import begin_stage, load_for_inference, load_tokenizer, read_json, resolve_model_path, world_dir, write_json
 from .data import load_jsonl, write_jsonl
 
 TEST_SETS = ("test_multiturn", "test_single", "test_safety")
@@ -69,7 +69,6 @@ def pairwise(verdicts_a: list, verdicts_b: list) -> dict:
 def run_eval(preset, out: str | Path, seed: int = 0) -> dict:
 
     from .inference import generate_chat, probe_accuracy
-    from .reward import load_for_inference
 
     cfg = preset.eval
     d, timer = begin_stage("eval", preset, out, seed, eval=cfg)

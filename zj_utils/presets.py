@@ -199,8 +199,8 @@ def get_preset(name: str, overrides: list[str] | dict | None = None) -> Preset:
         raise ZJError(f"Unknown preset '{name}'. Known presets: {', '.join(PRESETS)}.")
     preset = _apply(Preset(name=name), PRESETS[name], "preset")
     if isinstance(overrides, dict):
-        _apply(preset, overrides, "preset")
-    for item in overrides or [] if not isinstance(overrides, dict) else []:
+        return _apply(preset, overrides, "preset")
+    for item in overrides or []:
         if "=" not in item:
             raise ZJError(f"Bad override '{item}': expected section.field=value, e.g. sft.learning_rate=1e-4")
         dotted, raw = item.split("=", 1)

@@ -8,18 +8,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .common import (ZJError, begin_stage, count_params, load_model, load_tokenizer, merge_adapter, read_json,
-                     require, world_dir, write_json)
+from .common import (ZJError, begin_stage, count_params, load_for_inference, load_model, load_tokenizer,
+                     merge_adapter, read_json, require, world_dir, write_json)
 from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, to_preference_records,
                    write_jsonl, write_ranking_input, write_ranking_output)
-
-
-def load_for_inference(path: str, preset, kind: str = "causal"):
-    """Full precision on a CPU (nf4 only saves memory and costs time there); nf4 on a GPU when the preset says so."""
-    import torch
-
-    quant = preset.quant if (preset.quant.load_in_4bit and torch.cuda.is_available()) else None
-    return load_model(path, preset.model, quant, kind=kind)
 
 
 def sample_and_rank(model, tokenizer, prompts: list[dict], kg: dict, cfg, seed: int) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common import (ZJError, begin_stage, count_params, load_model, load_tokenizer, merge_adapter,
                      resolve_model_path, world_dir, write_json)
-from .data import load_cmtmedqa, load_messages_jsonl
+from .data import load_cmtmedqa, load_jsonl, load_messages_jsonl
 
 # kind -> file in OUT/world; multi-turn dialogues are in CMtMedQA's own record shape.
 SFT_FILES = {"multi_turn": "sft_multiturn.json", "single": "sft_single.jsonl", "nlp": "sft_nlp.jsonl",
@@ -66,7 +66,7 @@ def run_sft(preset, out: str | Path, seed: int = 0) -> dict:
                          processing_class=tokenizer, callbacks=[JsonlLogCallback(d / "log.jsonl")])
     restore_adapter_dtype(trainer.model, preset)
     result = trainer.train()
-    probes = probe_accuracy(model, tokenizer, _probes(world))
+    probes = probe_accuracy(model, tokenizer, load_jsonl(world / "probes.jsonl"))
 
     model.save_pretrained(d / "adapter", safe_serialization=True)
     merge_adapter(init, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
@@ -78,8 +78,3 @@ def run_sft(preset, out: str | Path, seed: int = 0) -> dict:
     write_json(d / "metrics.json", metrics)
     return metrics
 
-
-def _probes(world: Path) -> list[dict]:
-    from .data import load_jsonl
-
-    return load_jsonl(world / "probes.jsonl")
