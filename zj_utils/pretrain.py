@@ -57,7 +57,10 @@ def run_pretrain(preset, out: str | Path, seed: int = 0) -> dict:
     merge_adapter(base_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {
         "train_texts": len(texts), "epochs": cfg.epochs, "train_blocks": len(blocks), "block_size": cfg.block_size,
-        "train_tokens": len(blocks) * cfg.block_size, "steps": result.global_step,
+        "train_tokens": len(blocks) * cfg.block_size,
+        # packing drops each epoch's last partial block; counted so that nothing goes missing unreported
+        "tokens_dropped_by_packing": sum(len(x) + 1 for x in ids) * cfg.epochs - len(blocks) * cfg.block_size,
+        "steps": result.global_step,
         "train_loss": round(result.training_loss, 4), "trainable_params": params["trainable"],
         "before": before, "after": after,
         "probe_gain": round(after["probes"]["all"] - before["probes"]["all"], 4),
