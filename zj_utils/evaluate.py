@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import begin_stage, load_for_inference, load_tokenizer, read_json, resolve_model_path, world_dir, write_json
+from .common import (ZJError, begin_stage, load_for_inference, load_tokenizer, read_json, resolve_model_path,
+                     world_dir, write_json)
 from .data import load_jsonl, write_jsonl
 
 TEST_SETS = ("test_multiturn", "test_single", "test_safety")
@@ -20,7 +21,7 @@ def model_paths(preset, out: str | Path) -> dict[str, str]:
     paths = {}
     try:
         paths["base"] = resolve_model_path(preset.model.name_or_path, out)
-    except Exception:  # the base is optional for an evaluation of trained stages
+    except ZJError:  # the base is optional for an evaluation of trained stages
         pass
     paths.update({k: str(v) for k, v in candidates.items() if v.exists()})
     return paths
