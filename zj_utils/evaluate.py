@@ -57,14 +57,10 @@ def summarize_verdicts(items: list[dict], verdicts: list) -> dict:
 def pairwise(verdicts_a: list, verdicts_b: list) -> dict:
     """Win/tie/loss of A against B per dimension, from A's side, as counts and percentages."""
     from .judge import compare
+    from .stats import win_tie_loss
 
-    counts = {dim: {"win": 0, "tie": 0, "loss": 0} for dim in DIMENSIONS}
-    for a, b in zip(verdicts_a, verdicts_b):
-        for dim, sign in compare(a, b).items():
-            if dim in counts:
-                counts[dim]["win" if sign > 0 else "loss" if sign < 0 else "tie"] += 1
-    n = max(len(verdicts_a), 1)
-    return {dim: c | {f"{k}_pct": round(100 * v / n, 1) for k, v in c.items()} for dim, c in counts.items()}
+    signs = [compare(a, b) for a, b in zip(verdicts_a, verdicts_b)]
+    return {dim: win_tie_loss([s[dim] for s in signs]) for dim in DIMENSIONS}
 
 
 def run_eval(preset, out: str | Path, seed: int = 0) -> dict:
