@@ -49,6 +49,43 @@ def test_reward_fn_scores_conversations(run):
     want = score_conversations(rm, tok, [p + c for p, c in zip(prompts, completions)]).tolist()
     assert got == pytest.approx(want)
     assert got == pytest.approx(make_reward_fn(rm, tok)(["医生您好"] * 2, ["您好", "请问哪里不舒服？"]))
+    # the missing-EOS penalty PPO uses, on the token ids TRL passes: only the completion without EOS pays it
+    ids = [[5, 6, tok.eos_token_id], [5, 6, 7]]
+    penalised = make_reward_fn(rm, tok, missing_eos_penalty=-1.0)(prompts=prompts, completions=completions,
+                                                                  completion_ids=ids)
+    assert penalised == pytest.approx([want[0], want[1] - 1.0])
+
+
+def test_fair_budget_defaults_match_ppo():
+    """The comparison is only fair if every method gets PPO's sampled-completion budget, learning rate and KL."""
+    from zj_utils.presets import get_preset
+
+    p = get_preset("tiny")
+    assert p.align.max_steps * p.align.batch_size == p.ppo.steps * p.ppo.batch_size
+    assert p.align.learning_rate == p.ppo.learning_rate and p.align.beta == p.ppo.kl_coef
+    assert p.align.lora_r == p.ppo.lora_r and p.align.missing_eos_penalty == p.ppo.missing_eos_penalty
+    assert p.align.max_completion_length == p.ppo.max_new_tokens
+
+
+def test_summary_over_seeds(tmp_path, capsys):
+    from zj_utils.cli import main
+
+    runs = []
+    for seed, (ppo_score, dpo_score) in enumerate([(0.5, 0.1), (0.7, -0.1), (0.3, 0.0)]):
+        d = tmp_path / f"seed{seed}" / "align_compare"
+        d.mkdir(parents=True)
+        rows = {name: {"rm_score": score, "kl_to_sft": 0.01, "unsafe_rate": 0.2, "win_pct_vs_sft": 10.0,
+                       "loss_pct_vs_sft": 5.0, "train_seconds": float("nan")}
+                for name, score in (("ppo", ppo_score), ("dpo", dpo_score))}
+        (d / "metrics.json").write_text(json.dumps({"models": rows}))
+        runs.append(str(d.parent))
+    assert main(["align-summary", *runs, "--out", str(tmp_path / "sum")]) == 0
+    m = json.loads((tmp_path / "sum" / "metrics.json").read_text())
+    assert m["models"]["ppo"]["rm_score"] == {"mean": 0.5, "min": 0.3, "max": 0.7, "per_seed": [0.5, 0.7, 0.3]}
+    assert m["models"]["dpo"]["rm_score"]["mean"] == 0.0
+    assert m["models"]["ppo"]["train_seconds"] is None  # NaN (unknown) is not averaged into a number
+    assert "| ppo | 0.500 [0.300, 0.700]" in capsys.readouterr().out
+    assert (tmp_path / "sum" / "alignment_over_seeds.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("method", ["dpo", "grpo", "rloo"])
@@ -66,7 +103,9 @@ def test_run_align(run, method):
         assert (d / f).exists(), f
     assert not (d / "adapter" / "ref").exists()  # TRL's frozen reference copy is not saved
     assert json.loads((d / "config.json").read_text())["method"] == method
-    assert m["steps"] == preset.align.max_steps and m["seconds"] > 0
+    assert m["steps"] == preset.align.max_steps
+    assert json.loads((d / "timings.json").read_text())["seconds"] > 0  # wall clock apart from the results
+    assert "seconds" not in m and "train_seconds" not in m
     _finite(m)
     assert (d / "log.jsonl").read_text().strip()
 

@@ -327,3 +327,21 @@ def test_killed_run_resumes_to_the_same_log_and_weights(tok, tmp_path):
     resumed, w_resumed = run(tmp_path / "b", resume=True)
     assert resumed == straight
     assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+
+
+def test_ppo_stage_on_smoke_rl_raises_heldout_reward_with_bounded_kl(tmp_path):
+    """The whole chain at test size: a reward model trained on the annotator's rankings, then the PPO stage.
+    Greedy answers to held-out prompts (the test sets, never PPO prompts) must score higher under the reward
+    model after PPO, while the KL to the reference stays bounded by the penalty."""
+    from zj_utils.pipeline import run_stage
+    from zj_utils.presets import get_preset
+
+    preset = get_preset("smoke-rl")
+    for stage in ("world", "base", "pretrain", "sft", "rm"):
+        run_stage(stage, preset, tmp_path, 0)
+    m = run_stage("ppo", preset, tmp_path, 0)
+    rows = [json.loads(line) for line in open(tmp_path / "ppo" / "ppo_log.jsonl")]
+    assert len(rows) == preset.ppo.steps and m["skipped_batches"] == 0
+    assert m["score_last5"] > m["score_first5"] + 0.3, m          # it climbs the reward during training
+    assert m["heldout_score_after"] > m["heldout_score_before"] + 0.2, m  # and that carries to new prompts
+    assert max(r["kl"] for r in rows) < 8.0 and m["kl_last5"] < 5.0, m   # without running away from the reference

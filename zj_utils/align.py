@@ -26,9 +26,11 @@ METHODS = ("dpo", "grpo", "rloo")
 
 @dataclass
 class AlignConfig:
-    max_steps: int = 40               # optimizer steps (-1: use epochs)
+    # The defaults give every method PPO's budget (tiny preset): 60 steps x 16 completions (pairs for DPO) = 960,
+    # PPO's learning rate, LoRA rank and KL coefficient, and its missing-EOS penalty, so that a comparison is fair.
+    max_steps: int = 60               # optimizer steps (-1: use epochs)
     epochs: float = 1.0
-    learning_rate: float = 5e-5
+    learning_rate: float = 3e-4
     batch_size: int = 16              # per step: completions (GRPO/RLOO, = prompts x num_generations) or pairs (DPO)
     grad_accum: int = 1
     warmup_ratio: float = 0.0
@@ -37,6 +39,7 @@ class AlignConfig:
     temperature: float = 1.0
     beta: float = 0.05                # KL coefficient (GRPO/RLOO, as ppo.kl_coef) / DPO's beta
     dpo_beta: float = 0.1             # DPO's own beta (its scale differs from the KL penalty's)
+    missing_eos_penalty: float = -1.0  # GRPO/RLOO: added to the score of a completion without EOS, as in our PPO
     max_length: int = 320             # DPO: prompt + answer tokens
     lora_r: int = 8
     lora_alpha: int = 16
@@ -44,18 +47,24 @@ class AlignConfig:
     lora_target_modules: str = "all-linear"
 
 
-def make_reward_fn(reward_model, tokenizer, batch_size: int = 16):
+def make_reward_fn(reward_model, tokenizer, batch_size: int = 16, missing_eos_penalty: float = 0.0):
     """The frozen reward model as a TRL reward function: `reward_fn(prompts, completions, **kw) -> list[float]`.
-    Prompts and completions may be conversational (message lists) or plain strings."""
+    Prompts and completions may be conversational (message lists) or plain strings. With `missing_eos_penalty`,
+    a completion whose token ids (TRL passes them as `completion_ids`) hold no EOS gets it added, as in our PPO."""
     from .reward import score_conversations
 
-    def reward_model_score(prompts, completions, **kwargs):
+    def reward_model_score(prompts, completions, completion_ids=None, **kwargs):
         convs = []
         for p, c in zip(prompts, completions):
             p = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
             c = [{"role": "assistant", "content": c}] if isinstance(c, str) else list(c)
             convs.append([{"role": m["role"], "content": m["content"]} for m in p + c])
-        return [float(x) for x in score_conversations(reward_model, tokenizer, convs, batch_size)]
+        scores = [float(x) for x in score_conversations(reward_model, tokenizer, convs, batch_size)]
+        if missing_eos_penalty and completion_ids is not None:
+            eos = tokenizer.eos_token_id
+            scores = [s + (missing_eos_penalty if eos not in list(ids) else 0.0)
+                      for s, ids in zip(scores, completion_ids)]
+        return scores
 
     return reward_model_score
 
@@ -83,7 +92,7 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
     from datasets import Dataset
 
     from .common import begin_stage, count_params, load_model, load_tokenizer, merge_adapter, require, world_dir, \
-        write_json
+        write_metrics
     from .data import load_jsonl, to_preference_records
     from .presets import LoraSpec
     from .reward import load_reward_model
@@ -122,10 +131,11 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
             from trl import RLOOConfig as Config, RLOOTrainer as Trainer
         prompts = [{"prompt": _messages(r["messages"])} for r in load_jsonl(world / "rank_prompts.jsonl")]
         reward_model = load_reward_model(out, preset)
+        reward_fn = make_reward_fn(reward_model, tokenizer, missing_eos_penalty=cfg.missing_eos_penalty)
         args = training_args(Config, cfg, d, seed, preset, beta=cfg.beta, num_generations=cfg.num_generations,
                              max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                              top_k=0, top_p=1.0, use_vllm=False)
-        trainer = Trainer(model=policy, reward_funcs=make_reward_fn(reward_model, tokenizer), args=args,
+        trainer = Trainer(model=policy, reward_funcs=reward_fn, args=args,
                           processing_class=tokenizer, train_dataset=Dataset.from_list(prompts), callbacks=callbacks)
         info = {"prompts": len(prompts)}
     restore_adapter_dtype(trainer.model, preset)
@@ -135,11 +145,9 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
     model.save_pretrained(str(d / "adapter"), selected_adapters=["default"])
     merge_adapter(sft_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {"method": method, **info, "steps": result.global_step, "train_loss": round(result.training_loss, 4),
-               "train_seconds": round(result.metrics.get("train_runtime", float("nan")), 2),
-               "trainable_params": count_params(model)["trainable"],
-               **_log_summary(trainer.state.log_history), "seconds": timer()}
-    write_json(d / "metrics.json", metrics)
-    return metrics
+               "trainable_params": count_params(model)["trainable"], **_log_summary(trainer.state.log_history)}
+    timings = {"train_seconds": round(result.metrics.get("train_runtime", float("nan")), 2), "seconds": timer()}
+    return write_metrics(d, metrics, timings)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -176,7 +184,7 @@ def compare_alignment(preset, out: str | Path, seed: int = 0, fig_dir: str | Pat
     and training wall time. Writes OUT/align_compare/{metrics.json,table.md,alignment_comparison.png}."""
     import torch
 
-    from .common import begin_stage, load_tokenizer, read_json, require, write_json
+    from .common import begin_stage, load_tokenizer, read_json, read_timings, require, write_json
     from .compare import judge_pairs
     from .evaluate import judge_answers, load_test_items, summarize_verdicts
     from .inference import generate_chat
@@ -228,7 +236,7 @@ def compare_alignment(preset, out: str | Path, seed: int = 0, fig_dir: str | Pat
         wtl = judge_pairs(items, dict(zip(ids, answers)), dict(zip(ids, sft_answers)), judge, n_boot=200,
                           seed=seed)["dimensions"]["overall"]
         stage = "ppo" if name == "ppo" else f"align_{name}"
-        m = read_json(out / stage / "metrics.json") if (out / stage / "metrics.json").exists() else {}
+        m = read_timings(out, stage)
         rows[name] = {"rm_score": rm_score(answers), "kl_to_sft": round(diff.mean().item(), 5),
                       "kl_to_sft_per_answer": round(seq_kl.mean().item(), 4),
                       "unsafe_rate": verdicts["unsafe_rate"],
@@ -278,3 +286,59 @@ def comparison_figure(rows: dict):
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+SUMMARY_KEYS = (("rm_score", "RM score", ".3f"), ("kl_to_sft", "KL to SFT (per token)", ".4f"),
+                ("unsafe_rate", "unsafe rate", ".3f"), ("win_pct_vs_sft", "win % vs SFT", ".1f"),
+                ("loss_pct_vs_sft", "loss % vs SFT", ".1f"), ("train_seconds", "training s", ".1f"))
+
+
+def summarize_alignment(run_dirs: list, out: str | Path, fig_dir: str | Path | None = None) -> dict:
+    """PPO, DPO, GRPO and RLOO over several seeds: each run folder (one seed) must hold align_compare/metrics.json.
+    Per method and measure: the mean over seeds, the lowest and highest seed, and every seed's value. Writes
+    OUT/{metrics.json, table.md, alignment_over_seeds.png}."""
+    import math
+
+    from .common import read_json, require, write_json
+
+    out = Path(out)
+    per_run = [read_json(require(Path(r) / "align_compare" / "metrics.json", "An alignment comparison",
+                                 f"Run `zj align-compare --out {r}` first."))["models"] for r in run_dirs]
+    names = [n for n in per_run[0] if all(n in rows for rows in per_run)]
+    summary: dict = {"runs": [str(r) for r in run_dirs], "models": {}}
+    for n in names:
+        summary["models"][n] = {}
+        for key, _, _ in SUMMARY_KEYS:
+            vals = [rows[n].get(key) for rows in per_run]
+            vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            summary["models"][n][key] = ({"mean": round(sum(vals) / len(vals), 4), "min": min(vals), "max": max(vals),
+                                          "per_seed": vals} if vals else None)
+    lines = [f"Mean over {len(run_dirs)} seeds [lowest, highest seed].", "",
+             "| model | " + " | ".join(label for _, label, _ in SUMMARY_KEYS) + " |",
+             "|---|" + "---:|" * len(SUMMARY_KEYS)]
+    for n, ms in summary["models"].items():
+        cells = [("–" if ms[k] is None else f"{ms[k]['mean']:{f}} [{ms[k]['min']:{f}}, {ms[k]['max']:{f}}]")
+                 for k, _, f in SUMMARY_KEYS]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(out / "metrics.json", summary)
+
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SUMMARY_KEYS), figsize=(3.0 * len(SUMMARY_KEYS), 3.0))
+    for ax, (key, label, _) in zip(axes, SUMMARY_KEYS):
+        for i, n in enumerate(names):
+            m = summary["models"][n][key]
+            if m is None:
+                continue
+            ax.bar(i, m["mean"], color="#999999" if n == "sft" else "#2f6db5", alpha=0.8)
+            ax.scatter([i] * len(m["per_seed"]), m["per_seed"], s=10, color="black", zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Alignment methods at PPO's budget: mean over {len(run_dirs)} seeds (dots: seeds)", fontsize=10)
+    fig.tight_layout()
+    from .plots import save
+    save(fig, fig_dir or out, "alignment_over_seeds")
+    return summary

@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from .common import begin_stage, device, read_json, world_dir, write_json
+from .common import begin_stage, device, read_json, world_dir, write_json, write_metrics
 
 
 def world_texts_for_tokenizer(world_dir: Path) -> list[str]:
@@ -113,7 +113,5 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
         "built": True, "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
         "train_blocks": len(blocks), "epochs": epochs, "steps": mc.base_steps, "first_loss": round(losses[0], 4),
         "final_loss": round(sum(tail) / len(tail), 4), "final_ppl": round(math.exp(sum(tail) / len(tail)), 2),
-        "seconds": timer(),
     }
-    write_json(d / "metrics.json", metrics)
-    return metrics
+    return write_metrics(d, metrics, {"seconds": timer()})

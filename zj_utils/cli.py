@@ -4,13 +4,16 @@
     zj align --method dpo|grpo|rloo --preset tiny --out runs/tiny-seed0   # TRL alternatives to our PPO
     zj align-compare --out runs/tiny-seed0   # PPO vs DPO/GRPO/RLOO against SFT
     zj reproduce --preset tiny            # every notebook, headless, with papermill
+    zj reproduce --preset tiny --ablations --seeds 3   # the paper's ablations over seeds, with intervals
     zj presets                            # what the presets are
+    zj estimate --preset qwen2.5-0.5b --stage ppo [--gradient-checkpointing]   # predicted peak memory by part
     zj judge A.jsonl B.jsonl --tests TESTS.jsonl [--judge rule|openai|local] [--world OUT/world] [--model NAME]
     zj generate --model PATH --tests TESTS.jsonl --out answers.jsonl
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -30,6 +33,15 @@ STAGE_HELP = {
 }
 
 
+RESUMABLE = ("pretrain", "sft", "rm", "ppo", "eval")
+# what to shrink when a stage runs out of memory: (batch setting, length setting)
+OOM_KNOBS = {"base": ("model.base_batch_size", "model.base_block_size"),
+             "pretrain": ("pretrain.batch_size", "pretrain.block_size"),
+             "sft": ("sft.batch_size", "sft.max_length"), "rm": ("rm.batch_size", "rm.max_length"),
+             "ppo": ("ppo.batch_size", "ppo.max_new_tokens"), "eval": ("eval.batch_size", "eval.max_new_tokens"),
+             "align": ("align.batch_size", "align.max_length")}
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="preset name (see `zj presets`)")
     p.add_argument("--out", default=None, help="run folder (default runs/<preset>-seed<seed>)")
@@ -44,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, help_text in STAGE_HELP.items():
         p = sub.add_parser(stage, help=help_text, description=help_text)
         _common(p)
-        if stage == "ppo":
-            p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+        if stage in RESUMABLE:
+            p.add_argument("--resume", action="store_true",
+                           help="continue from the last complete checkpoint of an interrupted run (same settings)")
         if stage == "rm":
-            p.add_argument("--rankings", action="append", default=[], metavar="TSV",
-                           help="add human rankings in the ranking tool's TSV format (repeatable)")
+            p.add_argument("--rankings", action="append", default=[], metavar="FILE",
+                           help="add human rankings: the ranking tool's TSV, or the ranking widget's JSONL "
+                                "(keeps ties); repeatable, mixed with the rule annotator's")
     p = sub.add_parser("align", help="align the SFT model with TRL's DPO, GRPO or RLOO (compare with our PPO)",
                        description="DPO on the reward stage's rankings, or GRPO/RLOO against the reward model, on "
                                    "the SFT model with QLoRA; writes OUT/align_<method>/.")
@@ -58,11 +72,33 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reward score, KL to SFT, unsafe rate, win rate vs SFT and training time of PPO "
                                    "and every OUT/align_<method>/; writes OUT/align_compare/.")
     _common(p)
+    p = sub.add_parser("align-summary", help="PPO vs DPO/GRPO/RLOO over several seeds (one run folder per seed)",
+                       description="Mean, lowest and highest seed of every measure of `zj align-compare`, over the "
+                                   "run folders given; writes OUT/{metrics.json,table.md,alignment_over_seeds.png}.")
+    p.add_argument("runs", nargs="+", help="run folders, each with align_compare/ (one per seed)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--figures", default=None, help="where the figure goes (default: --out)")
     p = sub.add_parser("reproduce", help="run the whole pipeline (notebooks via papermill)")
     _common(p)
     p.add_argument("--no-notebooks", action="store_true", help="call the stage functions directly instead")
+    p.add_argument("--ablations", action="store_true",
+                   help="the paper's ablations over --seeds seeds (full, no pre-training, no multi-turn SFT data, "
+                        "no RLHF, SFT flooded with single-turn data): table, figure, metrics with 95%% intervals; "
+                        "default --out runs/<preset>-ablations")
+    p.add_argument("--seeds", type=int, default=3, help="with --ablations: how many seeds (0..N-1; default 3)")
     p.add_argument("--figures", default="figures", help="where figures go (default figures/)")
     sub.add_parser("presets", help="list the presets")
+    p = sub.add_parser("estimate", help="predicted peak memory of a stage, by part, and whether it fits 24/40/80 GB",
+                       description="Count the memory a stage needs (nf4 weights, LoRA, gradients, AdamW, "
+                                   "activations, PPO's KV cache and reward model) for a preset; see docs/SCALING.md.")
+    p.add_argument("--preset", default="tiny", help="preset name (see `zj presets`)")
+    p.add_argument("--stage", required=True, choices=("pretrain", "sft", "rm", "ppo"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a preset field, e.g. --set sft.batch_size=2 (repeatable)")
+    p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
+                   help="gpu: CUDA with the preset's dtypes (default); cpu: RAM, as bench_memory.py measures it")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="activations with checkpointing per layer")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     from .data import FORMATS
     from .fetch import DATASETS
     p = sub.add_parser("validate", help="check a data file; one line per problem as PATH:LOCATION: problem",
@@ -110,9 +146,39 @@ def main(argv: list[str] | None = None) -> int:
     except (ZJError, DataError) as e:
         print(f"zj {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        again = " then rerun with --resume" if args.command in RESUMABLE else ""
+        print(f"zj {args.command}: error: the disk is full ({e.strerror or 'No space left on device'}){where}. "
+              f"Free some space or point --out at another disk,{again}.", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(_oom_message(args, e), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"zj {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (GPU), the CPU allocator's RuntimeError, or Python's MemoryError."""
+    torch = sys.modules.get("torch")  # a stage that ran out of memory has imported it
+    return (isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(err))
+
+
+def _oom_message(args, err: Exception) -> str:
+    stage = args.command
+    batch, length = OOM_KNOBS.get(stage, ("<stage>.batch_size", "<stage>.max_length"))
+    first = str(err).splitlines()[0] if str(err) else ""
+    preset = getattr(args, "preset", "tiny")
+    return (f"zj {stage}: error: out of memory in stage {stage} ({first[:160]}). Try a smaller batch or length, "
+            f"e.g. --set {batch}=N or --set {length}=N, and see what fits with "
+            f"`zj estimate --preset {preset} --stage {stage}`.")
 
 
 def _dispatch(args) -> int:
@@ -125,6 +191,12 @@ def _dispatch(args) -> int:
         return 0
     from .presets import PRESETS, get_preset
 
+    if args.command == "estimate":
+        from .estimate import estimate, format_table
+
+        est = estimate(get_preset(args.preset, args.overrides), args.stage, args.device, args.gradient_checkpointing)
+        print(json.dumps(est.as_dict(), indent=2) if args.json else format_table(est), end="" if not args.json else "\n")
+        return 0
     if args.command == "presets":
         for name, spec in PRESETS.items():
             print(f"{name:16s} {spec.get('description', '')}")
@@ -149,9 +221,26 @@ def _dispatch(args) -> int:
                              args.repetition_penalty)
         print(f"wrote {n} answers to {args.out}")
         return 0
+    if args.command == "align-summary":
+        from .align import summarize_alignment
+
+        summarize_alignment(args.runs, args.out, args.figures)
+        print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
+        print(f"wrote {args.out}/")
+        return 0
     from .pipeline import default_out, reproduce, run_stage
 
-    out = args.out or str(default_out(args.preset, args.seed))
+    out = args.out or str(default_out(args.preset, args.seed, getattr(args, "ablations", False)))
+    if args.command == "reproduce" and args.ablations:
+        from .pipeline import reproduce_ablations
+
+        if args.seeds < 2:
+            raise ZJError("--ablations needs --seeds 2 or more: the intervals are over seeds")
+        summary = reproduce_ablations(args.preset, out, args.seeds, args.overrides, notebooks=not args.no_notebooks,
+                                      fig_dir=args.figures)
+        print((Path(out) / "ablations.md").read_text(encoding="utf-8"))
+        print(f"metrics: {out}/metrics.json")
+        return 0
     if args.command == "reproduce":
         summary = reproduce(args.preset, out, args.seed, args.overrides, notebooks=not args.no_notebooks,
                             fig_dir=args.figures)
@@ -172,8 +261,8 @@ def _dispatch(args) -> int:
         print(f"wrote {out}/{stage}/")
         return 0
     kwargs = {"extra_rankings": args.rankings} if args.command == "rm" else {}
-    if args.command == "ppo":
-        kwargs["resume"] = args.resume
+    if args.command in RESUMABLE and args.resume:
+        kwargs["resume"] = True
     metrics = run_stage(args.command, preset, out, args.seed, **kwargs)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     print(f"wrote {out}/{args.command}/")

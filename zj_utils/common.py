@@ -78,17 +78,54 @@ def world_dir(out: str | Path) -> Path:
     return Path(out) / "world"
 
 
-def begin_stage(stage: str, preset, out: str | Path, seed: int, **config) -> tuple[Path, "Timer"]:
+def begin_stage(stage: str, preset, out: str | Path, seed: int, resume: bool = False, **config) -> tuple[Path, "Timer"]:
     """Every stage starts the same way: seed everything, use the machine's cores, and write OUT/<stage>/config.json
-    (the preset name, the seed and the stage's settings) before any work, so a run is reproducible from its folder."""
+    (the preset name, the seed and the stage's settings) before any work, so a run is reproducible from its folder.
+    With `resume`, the settings must be those of the interrupted run: resuming under others would mix two runs."""
     import torch
 
     timer = Timer()
     set_seed(seed)
     torch.set_num_threads(cpu_threads())
     d = stage_dir(out, stage)
-    write_json(d / "config.json", {"stage": stage, "preset": preset.name, "seed": seed, **config})
+    cfg = to_jsonable({"stage": stage, "preset": preset.name, "seed": seed, **config})
+    if resume and (d / "config.json").exists():
+        old = read_json(d / "config.json")
+        if old != cfg:
+            changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+            raise ZJError(f"Cannot resume {d}: its config.json differs from this run's in {', '.join(changed)}. "
+                          "Resume with the same preset, seed and --set overrides, or run without --resume.")
+    write_json(d / "config.json", cfg)
     return d, timer
+
+
+def write_metrics(d: str | Path, metrics: dict, timings: dict) -> dict:
+    """OUT/<stage>/metrics.json holds results only, so that the same preset and seed give the same bytes;
+    everything that depends on the wall clock (seconds, tokens/s) goes to OUT/<stage>/timings.json."""
+    write_json(Path(d) / "timings.json", timings)
+    write_json(Path(d) / "metrics.json", metrics)
+    return metrics
+
+
+def read_timings(out: str | Path, stage: str) -> dict:
+    """OUT/<stage>/timings.json, or {} for a stage that has not run (or ran before timings had their own file)."""
+    p = Path(out) / stage / "timings.json"
+    return read_json(p) if p.exists() else {}
+
+
+def atomic_write_jsonl(path: str | Path, records) -> Path:
+    """JSON Lines written to a temporary file and renamed into place: a killed run leaves the old file or none,
+    never a half-written one that a resumed run would take as its cache."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for r in records:
+            f.write(json.dumps(to_jsonable(r), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 class Timer:
@@ -128,13 +165,31 @@ def bnb_config(quant) -> Any:
     )
 
 
+def _check_local(path: str, what: str = "model") -> None:
+    """A path that names a folder (absolute, ./, ~/, or existing) must exist and, for weights, hold safetensors:
+    a pickle checkpoint (pytorch_model.bin) can run code when it is loaded, so it is refused with a way out."""
+    p = Path(path).expanduser()
+    if not (p.is_absolute() or str(path).startswith((".", "~")) or p.exists()):
+        return  # a hub id
+    if not p.exists():
+        raise ZJError(f"The {what} folder {path} does not exist. Check the path (or run the stage that writes it).")
+    if what == "model" and p.is_dir() and not any(p.glob("*.safetensors")):
+        pickles = sorted(x.name for x in p.iterdir() if x.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f"only {', '.join(pickles)} (pickle)" if pickles else "no weights"
+        raise ZJError(f"{path} has {found}: this project loads weights as safetensors only. Convert a trusted "
+                      "checkpoint once with `model.save_pretrained(dir)` (transformers writes safetensors).")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    _check_local(path, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise _hub_error(path, e) from e
+    except ValueError as e:  # transformers 5: a folder without tokenizer files
+        raise ZJError(f"Could not load a tokenizer from {path}: {str(e).splitlines()[0]}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -157,6 +212,7 @@ def load_model(path: str, model_cfg, quant=None, kind: str = "causal", num_label
     if quant is not None and quant.load_in_4bit:
         kwargs["quantization_config"] = bnb_config(quant)
         kwargs["device_map"] = {"": "cuda:0"} if torch.cuda.is_available() else "cpu"
+    _check_local(path)
     try:
         model = cls.from_pretrained(path, **kwargs)
     except OSError as e:

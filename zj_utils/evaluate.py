@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (ZJError, begin_stage, load_for_inference, load_tokenizer, read_json, resolve_model_path,
-                     world_dir, write_json)
-from .data import load_jsonl, write_jsonl
+from .common import (ZJError, atomic_write_jsonl, begin_stage, load_for_inference, load_tokenizer, read_json,
+                     resolve_model_path, world_dir, write_json, write_metrics)
+from .data import load_jsonl
 
 TEST_SETS = ("test_multiturn", "test_single", "test_safety")
 DIMENSIONS = ("safety", "professionalism", "fluency", "overall")
@@ -27,10 +27,13 @@ def model_paths(preset, out: str | Path) -> dict[str, str]:
     return paths
 
 
-def load_test_items(world: Path, max_items: int = -1) -> list[dict]:
+def load_test_items(world: Path, max_items: int = -1, available: dict | None = None) -> list[dict]:
+    """The test items, at most `max_items` per set; `available`, when given, receives each set's full size."""
     items = []
     for name in TEST_SETS:
         recs = load_jsonl(world / f"{name}.jsonl")
+        if available is not None:
+            available[name] = len(recs)
         items += [r | {"set": name} for r in (recs[:max_items] if max_items > 0 else recs)]
     return items
 
@@ -63,37 +66,52 @@ def pairwise(verdicts_a: list, verdicts_b: list) -> dict:
     return {dim: win_tie_loss([s[dim] for s in signs]) for dim in DIMENSIONS}
 
 
-def run_eval(preset, out: str | Path, seed: int = 0) -> dict:
+def run_eval(preset, out: str | Path, seed: int = 0, resume: bool = False) -> dict:
+    """Answers, verdicts and rates per model. Each model's answers and summary are written as soon as they are
+    done (the summary last, atomically): with `resume`, a model already done is read back, not run again."""
+    import shutil
 
     from .inference import generate_chat, probe_accuracy
 
     cfg = preset.eval
-    d, timer = begin_stage("eval", preset, out, seed, eval=cfg)
+    d, timer = begin_stage("eval", preset, out, seed, resume, eval=cfg)
+    if not resume:
+        shutil.rmtree(d / "done", ignore_errors=True)
     world = world_dir(out)
     kg = read_json(world / "world.json")
-    items = load_test_items(world, cfg.max_items)
+    available: dict = {}
+    items = load_test_items(world, cfg.max_items, available)
     probes = load_jsonl(world / "probes.jsonl")
     paths = {k: v for k, v in model_paths(preset, out).items() if k in cfg.models}
 
-    per_model, verdicts = {}, {}
+    per_model, verdicts, resumed = {}, {}, []
     for name, path in paths.items():
+        done = d / "done" / f"{name}.json"
+        if resume and done.exists():
+            answers = [r["answer"] for r in load_jsonl(d / "answers" / f"{name}.jsonl")]
+            verdicts[name] = judge_answers(items, answers, kg)
+            per_model[name] = read_json(done)
+            resumed.append(name)
+            continue
         tokenizer = load_tokenizer(path, preset.model.trust_remote_code)
         model = load_for_inference(path, preset)
         answers = [a[0] for a in generate_chat(model, tokenizer, [it["messages"] for it in items], cfg.max_new_tokens,
                                                batch_size=cfg.batch_size, repetition_penalty=cfg.repetition_penalty,
                                                desc=f"answering test sets ({name})")]
         verdicts[name] = judge_answers(items, answers, kg)
-        write_jsonl(d / "answers" / f"{name}.jsonl", [
+        atomic_write_jsonl(d / "answers" / f"{name}.jsonl", [
             {"id": it["id"], "set": it["set"], "answer": a, "verdict": v.__dict__ if hasattr(v, "__dict__") else v}
             for it, a, v in zip(items, answers, verdicts[name])])
         per_model[name] = summarize_verdicts(items, verdicts[name]) | {
             "knowledge_accuracy": probe_accuracy(model, tokenizer, probes)}
+        write_json(done, per_model[name])  # last: marks this model complete for a resumed run
         del model
 
     final = "ppo" if "ppo" in verdicts else "sft"
     comparisons = {f"{final}_vs_{other}": pairwise(verdicts[final], verdicts[other])
                    for other in ("sft", "base") if other in verdicts and other != final}
-    metrics = {"items": {s: sum(it["set"] == s for it in items) for s in TEST_SETS}, "models": per_model,
-               "final_model": final, "pairwise": comparisons, "seconds": timer()}
-    write_json(d / "metrics.json", metrics)
-    return metrics
+    metrics = {"items": {s: sum(it["set"] == s for it in items) for s in TEST_SETS},
+               # eval.max_items caps each set; what it leaves out is counted
+               "items_not_evaluated": {s: available[s] - sum(it["set"] == s for it in items) for s in TEST_SETS},
+               "models": per_model, "final_model": final, "pairwise": comparisons}
+    return write_metrics(d, metrics, {"seconds": timer(), "models_read_back": resumed})

@@ -5,16 +5,33 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import Timer, ZJError, begin_stage, read_json, to_jsonable, write_json
+from .common import Timer, ZJError, begin_stage, read_json, to_jsonable, write_json, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_corpus_prep", "02_continued_pretraining_qlora", "03_sft", "04_reward_model", "05_ppo",
              "06_evaluation"]
 STAGES = ["world", "base", "pretrain", "sft", "rm", "ppo", "eval"]
+# Run by `zj reproduce --ablations` only: it trains every ablation variant over several seeds (tens of minutes on tiny).
+ABLATION_NOTEBOOK = "07_ablations"
 
 
-def default_out(preset_name: str, seed: int) -> Path:
-    return Path("runs") / f"{preset_name}-seed{seed}"
+def default_out(preset_name: str, seed: int, ablations: bool = False) -> Path:
+    return Path("runs") / (f"{preset_name}-ablations" if ablations else f"{preset_name}-seed{seed}")
+
+
+def execute_notebook(nb: str, out: Path, parameters: dict) -> None:
+    """Execute notebooks/<nb>.ipynb headless; its executed copy (outputs and all) lands in OUT/notebooks/."""
+    import papermill as pm
+
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    print(f"[zj reproduce] executing notebooks/{nb}.ipynb", file=sys.stderr, flush=True)
+    executed = out / "notebooks" / f"{nb}.ipynb"
+    try:
+        pm.execute_notebook(str(ROOT / "notebooks" / f"{nb}.ipynb"), str(executed), parameters=parameters,
+                            kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        raise ZJError(f"notebook {nb} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
+                      f"The executed copy with the traceback is {executed}") from e
 
 
 def run_world(preset, out, seed: int = 0) -> dict:
@@ -22,9 +39,7 @@ def run_world(preset, out, seed: int = 0) -> dict:
 
     d, timer = begin_stage("world", preset, out, seed, world=preset.world)
     counts = write_world(build_world(preset.world, seed), d)
-    metrics = {"files": counts, "seconds": timer()}
-    write_json(d / "metrics.json", metrics)
-    return metrics
+    return write_metrics(d, {"files": counts}, {"seconds": timer()})
 
 
 def run_stage(stage: str, preset, out, seed: int = 0, **kwargs) -> dict:
@@ -62,7 +77,8 @@ def headline(metrics: dict) -> dict:
 def reproduce(preset_name: str, out, seed: int = 0, overrides: list[str] | None = None, notebooks: bool = True,
               fig_dir: str | Path = "figures", stages: list[str] | None = None) -> dict:
     """Run the whole pipeline. With notebooks, each numbered notebook is executed by papermill and its executed
-    copy lands in OUT/notebooks/; figures go to `fig_dir`."""
+    copy lands in OUT/notebooks/; figures go to `fig_dir`. OUT/metrics.json holds results only (the same bytes for
+    the same preset and seed); wall-clock times go to OUT/timings.json."""
     from .presets import get_preset
 
     preset = get_preset(preset_name, overrides)
@@ -73,22 +89,10 @@ def reproduce(preset_name: str, out, seed: int = 0, overrides: list[str] | None 
                                      "notebooks": notebooks})
     seconds = {}
     if notebooks:
-        import papermill as pm
-
-        (out / "notebooks").mkdir(exist_ok=True)
         for nb in NOTEBOOKS:
             t = Timer()
-            print(f"[zj reproduce] executing notebooks/{nb}.ipynb", file=sys.stderr, flush=True)
-            executed = out / "notebooks" / f"{nb}.ipynb"
-            try:
-                pm.execute_notebook(
-                    str(ROOT / "notebooks" / f"{nb}.ipynb"), str(executed),
-                    parameters={"preset": preset_name, "out_dir": str(out), "seed": seed,
-                                "fig_dir": str(Path(fig_dir).resolve()), "overrides": list(overrides or [])},
-                    kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
-            except pm.PapermillExecutionError as e:
-                raise ZJError(f"notebook {nb} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
-                              f"The executed copy with the traceback is {executed}") from e
+            execute_notebook(nb, out, {"preset": preset_name, "out_dir": str(out), "seed": seed,
+                                       "fig_dir": str(Path(fig_dir).resolve()), "overrides": list(overrides or [])})
             seconds[nb] = t()
     else:
         for stage in stages or STAGES:
@@ -96,7 +100,25 @@ def reproduce(preset_name: str, out, seed: int = 0, overrides: list[str] | None 
             run_stage(stage, preset, out, seed)
             seconds[stage] = t()
     metrics = collect_metrics(out)
-    summary = {"preset": preset_name, "seed": seed, "headline": headline(metrics), "seconds": seconds,
-               "total_seconds": timer(), "stages": metrics}
+    summary = {"preset": preset_name, "seed": seed, "headline": headline(metrics), "stages": metrics}
     write_json(out / "metrics.json", to_jsonable(summary))
-    return summary
+    total = timer()
+    write_json(out / "timings.json", {"seconds": seconds, "total_seconds": total})
+    return summary | {"total_seconds": total}
+
+
+def reproduce_ablations(preset_name: str, out, seeds: int = 3, overrides: list[str] | None = None,
+                        notebooks: bool = True, fig_dir: str | Path = "figures") -> dict:
+    """The ablations over seeds (zj_utils/ablations.py). With notebooks, notebooks/07_ablations.ipynb drives them
+    and draws the figure; without, the runner is called directly. Either way OUT/metrics.json, OUT/ablations.csv
+    and OUT/ablations.md are written, and a killed run continues where it stopped."""
+    from .ablations import run_ablations
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if notebooks:
+        execute_notebook(ABLATION_NOTEBOOK, out, {"preset": preset_name, "out_dir": str(out), "seed": 0,
+                                                  "seeds": seeds, "fig_dir": str(Path(fig_dir).resolve()),
+                                                  "overrides": list(overrides or [])})
+        return read_json(out / "metrics.json")
+    return run_ablations(preset_name, out, seeds, overrides, fig_dir=fig_dir)

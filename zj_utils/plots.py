@@ -178,3 +178,30 @@ def paper_figures(csv_path: str | Path, ours: dict | None = None, png: str | Pat
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(png, dpi=120, bbox_inches="tight")
     return fig
+
+
+ABLATION_PANELS = (("knowledge_accuracy", "knowledge accuracy"), ("proactive_inquiry_rate", "proactive inquiry"),
+                   ("unsafe_rate", "unsafe-answer rate"), ("win_rate_vs_sft", "win rate vs SFT-only"))
+
+
+def ablation_figure(summary: dict, png: str | Path | None = None):
+    """One panel per metric: each variant's mean over seeds with its 95% interval, and the per-seed values."""
+    variants = list(summary["variants"])
+    fig, axes = plt.subplots(1, len(ABLATION_PANELS), figsize=(4.0 * len(ABLATION_PANELS), 3.6))
+    for ax, (key, label) in zip(axes, ABLATION_PANELS):
+        for i, v in enumerate(variants):
+            m = summary["variants"][v][key]
+            color = "#2f6db5" if v == "full" else "#8a8a8a"
+            ax.bar(i, m["mean"], color=color, alpha=0.75)
+            ax.errorbar(i, m["mean"], yerr=[[m["mean"] - m["ci"][0]], [m["ci"][1] - m["mean"]]], color="black",
+                        capsize=4, lw=1.2)
+            ax.scatter([i] * len(m["per_seed"]), m["per_seed"], s=12, color="black", zorder=3)
+        ax.set_xticks(range(len(variants)), [v.replace("_", "\n") for v in variants], fontsize=8)
+        ax.set_title(label)
+        ax.set_ylim(0, 1)
+    fig.suptitle(f"Ablations: mean over seeds {summary['seeds']}, 95% interval; dots = single seeds", fontsize=10)
+    fig.tight_layout()
+    if png:
+        Path(png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=120, bbox_inches="tight")
+    return fig

@@ -62,6 +62,7 @@ class PretrainConfig:
     block_size: int = 128
     warmup_ratio: float = 0.05
     max_texts: int = -1
+    save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj pretrain --resume` continues from it
 
 
 @dataclass
@@ -77,6 +78,11 @@ class SFTStageConfig:
     batch_size: int = 16
     grad_accum: int = 1
     max_length: int = 256
+    save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj sft --resume` continues from it
+    # TRL's best-fit-decreasing packing, padding-free: dialogues share rows, attention stays inside each dialogue
+    # (position_ids) and the loss stays on doctor turns. Off by default: it changes the steps per epoch, and on
+    # CPU/SDPA it buys little (docs/SCALING.md has the figures).
+    packing: bool = False
 
 
 @dataclass
@@ -92,6 +98,7 @@ class RMStageConfig:
     epochs: float = 3.0
     batch_size: int = 16
     max_length: int = 320
+    save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj rm --resume` continues from it
 
 
 @dataclass
@@ -130,13 +137,28 @@ PRESETS: dict[str, dict] = {
                   "rank_prompts_per_disease": 2, "test_per_disease": 1, "heldout_per_disease": 1},
         "model": {"vocab_size": 900, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2,
                   "max_length": 160, "base_steps": 20, "base_batch_size": 8, "base_block_size": 64},
-        "pretrain": {"epochs": 2, "max_steps": 6, "batch_size": 8, "block_size": 64},
-        "sft": {"max_steps": 6, "batch_size": 8, "max_length": 160},
-        "rm": {"max_prompts": 12, "max_new_tokens": 24, "epochs": 1.0, "batch_size": 8, "max_length": 200},
-        "ppo": {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 16},
+        # save_every: checkpoints every other step, so the kill-and-resume tests have something to resume from
+        "pretrain": {"epochs": 2, "max_steps": 6, "batch_size": 8, "block_size": 64, "save_every": 2},
+        "sft": {"max_steps": 6, "batch_size": 8, "max_length": 160, "save_every": 2},
+        "rm": {"max_prompts": 12, "max_new_tokens": 24, "epochs": 1.0, "batch_size": 8, "max_length": 200,
+               "save_every": 2},
+        "ppo": {"steps": 3, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 16,
+                "save_every": 1},
         "align": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "max_completion_length": 16,
                   "max_length": 200},
         "eval": {"max_new_tokens": 24, "max_items": 6},
+    },
+    "smoke-rl": {
+        "description": "Tests of RLHF: smoke-sized models, trained just long enough that the SFT model ends its "
+                       "answers and the reward model has a signal for PPO to climb (seconds per stage).",
+        "base": "smoke",
+        "world": {"rank_prompts_per_disease": 6},
+        "model": {"base_steps": 150},
+        "pretrain": {"max_steps": -1, "epochs": 4, "save_every": 0},
+        "sft": {"max_steps": -1, "epochs": 10.0, "save_every": 0},
+        "rm": {"max_prompts": -1, "epochs": 4.0, "save_every": 0},
+        "ppo": {"steps": 60, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 2, "max_new_tokens": 24,
+                "learning_rate": 3e-4, "kl_coef": 0.2, "save_every": 0},
     },
     "qwen2.5-0.5b": {
         "description": "A small real chat model on one consumer GPU (>= 12 GB) with QLoRA, on the synthetic world.",
@@ -193,11 +215,24 @@ def _parse_value(text: str):
         return text
 
 
+def _lineage(name: str) -> list[dict]:
+    chain, seen = [], set()
+    while name:
+        if name in seen or name not in PRESETS:
+            raise ZJError(f"Preset chain broken at '{name}' (unknown or circular 'base').")
+        seen.add(name)
+        chain.append(PRESETS[name])
+        name = PRESETS[name].get("base", "")
+    return chain[::-1]
+
+
 def get_preset(name: str, overrides: list[str] | dict | None = None) -> Preset:
     """Build a preset by name; `overrides` are 'section.field=value' strings (values parsed as JSON when they can be)."""
     if name not in PRESETS:
         raise ZJError(f"Unknown preset '{name}'. Known presets: {', '.join(PRESETS)}.")
-    preset = _apply(Preset(name=name), PRESETS[name], "preset")
+    preset = Preset(name=name)
+    for spec in _lineage(name):  # a preset may build on another ("base"): apply the ancestor's overrides first
+        _apply(preset, {k: v for k, v in spec.items() if k != "base"}, "preset")
     if isinstance(overrides, dict):
         return _apply(preset, overrides, "preset")
     for item in overrides or []:

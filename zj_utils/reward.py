@@ -5,13 +5,14 @@ experts), turn every ranking into all strictly ordered pairs, and train a reward
 Rankings are also written in the ranking tool's own formats, so human rankings can replace or join them."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
-from .common import (ZJError, begin_stage, count_params, load_for_inference, load_model, load_tokenizer,
-                     merge_adapter, read_json, require, world_dir, write_json)
+from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, load_for_inference, load_model,
+                     load_tokenizer, merge_adapter, read_json, require, set_seed, world_dir, write_metrics)
 from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, to_preference_records,
-                   write_jsonl, write_ranking_input, write_ranking_output)
+                   write_ranking_input, write_ranking_output)
 
 
 def sample_and_rank(model, tokenizer, prompts: list[dict], kg: dict, cfg, seed: int) -> list[dict]:
@@ -36,8 +37,45 @@ def rankings_to_pairs(rankings: list[dict]) -> list[dict]:
     return out
 
 
+def pair_report(rankings: list[dict], n_pairs: int) -> dict:
+    """Where the answer pairs of the rankings went: every unordered pair of answers to a prompt either became a
+    preference pair or was dropped for a reason (in = kept + dropped)."""
+    tied = same_text = candidates = 0
+    for r in rankings:
+        n = len(r["responses"])
+        candidates += n * (n - 1) // 2
+        for i in range(n):
+            for j in range(i + 1, n):
+                if r["ranks"][i] == r["ranks"][j]:
+                    tied += 1
+                elif r["responses"][i] == r["responses"][j]:
+                    same_text += 1
+    return {"in": candidates, "kept": n_pairs,
+            "dropped": {"tied": tied, "identical_text": same_text,
+                        # the same (chosen, rejected) texts twice: two identical answers beating a third
+                        "duplicate": candidates - tied - same_text - n_pairs}}
+
+
+def split_by_prompt(rankings: list[dict], dev_fraction: float, seed: int) -> set[str]:
+    """The ids of the rankings held out for dev. The split is by prompt, not by pair, so no dev prompt is seen in
+    training; a prompt ranked twice (by the annotator and by a person, under other ids) is one group, named by its
+    first id, and lands on one side only."""
+    key = lambda r: json.dumps(r["messages"], ensure_ascii=False, sort_keys=True)
+    first_id: dict[str, str] = {}
+    for r in sorted(rankings, key=lambda r: r["id"]):
+        first_id.setdefault(key(r), r["id"])
+    groups = sorted(set(first_id.values()))
+    random.Random(seed).shuffle(groups)
+    dev_groups = set(groups[:max(1, int(round(len(groups) * dev_fraction)))])
+    return {r["id"] for r in rankings if first_id[key(r)] in dev_groups}
+
+
 def human_rankings(path: str | Path) -> list[dict]:
-    """Rankings from the ranking tool's TSV (rank1 = best), in the same shape as the annotator's."""
+    """Rankings from the ranking tool's TSV (rank1 = best) or the ranking widget's JSONL (which keeps ties the
+    TSV cannot express), in the same shape as the annotator's."""
+    if Path(path).suffix == ".jsonl":
+        from .widgets import read_saved_rankings
+        return read_saved_rankings(path)
     recs = []
     for r in load_ranking_output(path):
         responses, ranks = ranked_texts_to_ranks(r["ranked"])
@@ -73,15 +111,17 @@ def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16)
             "mean_margin": round(margin.mean().item(), 4)}
 
 
-def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | None = None) -> dict:
+def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | None = None,
+           resume: bool = False) -> dict:
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
+    from .training import (AtomicCheckpointCallback, JsonlLogCallback, mean_train_loss, prepare_qlora,
+                           restore_adapter_dtype, resume_step, train_resumable, training_args)
 
     cfg = preset.rm
-    d, timer = begin_stage("rm", preset, out, seed, rm=cfg, extra_rankings=extra_rankings or [], model=preset.model,
-                           quant=preset.quant)
+    d, timer = begin_stage("rm", preset, out, seed, resume, rm=cfg, extra_rankings=extra_rankings or [],
+                           model=preset.model, quant=preset.quant)
     world = world_dir(out)
     kg = read_json(world / "world.json")
     prompts = load_jsonl(world / "rank_prompts.jsonl")
@@ -90,26 +130,28 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
 
     sft_path = str(require(Path(out) / "sft" / "merged", "The SFT model", "Run `zj sft` first, with the same --out."))
     tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
-    policy = load_for_inference(sft_path, preset)
-    rankings = sample_and_rank(policy, tokenizer, prompts, kg, cfg, seed)
-    del policy
+    sampled_path = d / "sampled_rankings.jsonl"
+    read_back = resume and sampled_path.exists()
+    if read_back:  # written atomically once sampling was done: never sample twice
+        rankings = load_jsonl(sampled_path)
+    else:
+        policy = load_for_inference(sft_path, preset)
+        rankings = sample_and_rank(policy, tokenizer, prompts, kg, cfg, seed)
+        del policy
+        atomic_write_jsonl(sampled_path, rankings)
     for path in extra_rankings or []:
         rankings += human_rankings(path)
-    write_jsonl(d / "rankings.jsonl", rankings)
+    atomic_write_jsonl(d / "rankings.jsonl", rankings)
     # The ranking tool's formats: its input (prompt + 4 answers) and its output (answers best to worst).
     write_ranking_input(d / "ranking_input.json", rankings)
     write_ranking_output(d / "ranking_output.tsv", [
         {"id": r["id"], "messages": r["messages"],
          "ranked": [t for _, t in sorted(zip(r["ranks"], r["responses"]), key=lambda x: x[0])]} for r in rankings])
 
-    # Split by prompt, not by pair, so no dev prompt is seen in training.
-    ids = sorted({r["id"] for r in rankings})
-    random.Random(seed).shuffle(ids)
-    n_dev = max(1, int(round(len(ids) * cfg.dev_fraction)))
-    dev_ids = set(ids[:n_dev])
+    dev_ranking_ids = split_by_prompt(rankings, cfg.dev_fraction, seed)
     pairs = rankings_to_pairs(rankings)
-    train_pairs = [p for p in pairs if p["prompt_id"] not in dev_ids]
-    dev_pairs = [p for p in pairs if p["prompt_id"] in dev_ids]
+    train_pairs = [p for p in pairs if p["prompt_id"] not in dev_ranking_ids]
+    dev_pairs = [p for p in pairs if p["prompt_id"] in dev_ranking_ids]
     ties = sum(len(r["ranks"]) - len(set(r["ranks"])) for r in rankings)
     all_tied = sum(len(set(r["ranks"])) == 1 for r in rankings)
     too_long = [p for p in train_pairs if _too_long(tokenizer, p, cfg.max_length)]
@@ -119,6 +161,9 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
                       "tied. Sample more prompts (rm.max_prompts) or at a higher temperature (rm.temperature).")
 
     init = str(Path(out) / "pretrain" / "merged")  # the paper trains the reward model from the pre-trained base
+    # The new score head is drawn at random: seed it here, so that it does not depend on whether this run sampled
+    # the answers itself or (resumed) read them back.
+    set_seed(seed)
     rm = load_model(init, preset.model, preset.quant, kind="seqcls")
     rm.config.pad_token_id = tokenizer.pad_token_id
     rm = prepare_qlora(rm, cfg.lora, task_type="SEQ_CLS", quantized=preset.quant.load_in_4bit)
@@ -127,9 +172,10 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     args = training_args(RewardConfig, cfg, d, seed, preset, max_length=None, remove_unused_columns=True)
     trainer = RewardTrainer(model=rm, args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list([{k: p[k] for k in keep} for p in train_pairs]),
-                            callbacks=[JsonlLogCallback(d / "log.jsonl")])
+                            callbacks=[JsonlLogCallback(d / "log.jsonl", start := resume_step(d, resume)),
+                                       AtomicCheckpointCallback()])
     restore_adapter_dtype(trainer.model, preset)
-    result = trainer.train()
+    result = train_resumable(trainer, d, resume)
     after_dev = pairwise_accuracy(rm, tokenizer, dev_pairs)
     after_train = pairwise_accuracy(rm, tokenizer, train_pairs)
 
@@ -138,19 +184,22 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     metrics = {
         "prompts": len(prompts), "rankings": len(rankings), "answers_per_prompt": cfg.n_samples,
         "tied_answers": ties, "rankings_all_tied": all_tied, "pairs": len(pairs),
+        "pair_report": pair_report(rankings, len(pairs)),
         "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs),
-        "dropped_too_long": len(too_long), "steps": result.global_step, "train_loss": round(result.training_loss, 4),
+        "dropped_too_long": len(too_long), "steps": result.global_step, "train_loss": mean_train_loss(trainer),
         "trainable_params": count_params(rm)["trainable"],
         "dev_accuracy_before": before["accuracy"], "dev_accuracy": after_dev["accuracy"],
         "dev_mean_margin": after_dev["mean_margin"], "train_accuracy": after_train["accuracy"],
-        "seconds": timer(),
     }
-    write_json(d / "metrics.json", metrics)
-    return metrics
+    timings = {"seconds": timer(), "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
+               "resumed_from_step": start or 0, "sampling_read_back": read_back}
+    return write_metrics(d, metrics, timings)
 
 
 def _too_long(tokenizer, pair: dict, max_length: int) -> bool:
-    return any(len(tokenizer.apply_chat_template(pair["prompt"] + pair[k], tokenize=True)) > max_length
+    # return_dict: transformers 5 returns a BatchEncoding, whose len() is its number of keys, not of tokens
+    return any(len(tokenizer.apply_chat_template(pair["prompt"] + pair[k], tokenize=True,
+                                                 return_dict=True)["input_ids"]) > max_length
                for k in ("chosen", "rejected"))
 
 

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from .common import (ZJError, begin_stage, count_params, load_model, load_tokenizer, merge_adapter,
-                     resolve_model_path, world_dir, write_json)
+                     resolve_model_path, world_dir, write_metrics)
 from .data import load_cmtmedqa, load_jsonl, load_messages_jsonl
 
 # kind -> file in OUT/world; multi-turn dialogues are in CMtMedQA's own record shape.
@@ -23,9 +23,11 @@ def sft_init_path(preset, out: str | Path) -> str:
     raise ZJError(f"sft.init_from must be 'pretrain' or 'base', got {preset.sft.init_from!r}")
 
 
-def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "") -> tuple[list[dict], dict]:
+def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "",
+                 available: dict | None = None) -> tuple[list[dict], dict]:
     """Sample each kind at its ratio (a ratio > 1 repeats examples); returns records with a `messages` field
-    and the count per kind, so the composition can be reported and plotted."""
+    and the count per kind, so the composition can be reported and plotted. `available`, when given, receives
+    the number of dialogues each kind's file holds, so that what a ratio < 1 leaves out is counted."""
     rng = random.Random(seed)
     unknown = set(mix) - set(SFT_FILES)
     if unknown:
@@ -35,6 +37,8 @@ def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "") ->
         path = Path(multiturn_path) if (kind == "multi_turn" and multiturn_path) else world / SFT_FILES[kind]
         dialogues = load_cmtmedqa(path) if path.suffix == ".json" else load_messages_jsonl(path)
         # Safety records of a CMtMedQA file are their own kind; keep them with the multi-turn file they came in.
+        if available is not None:
+            available[kind] = len(dialogues)
         n = int(round(len(dialogues) * ratio))
         pool = dialogues * (n // len(dialogues) + 1) if dialogues else []
         chosen = rng.sample(pool, n) if n <= len(pool) else pool
@@ -45,36 +49,57 @@ def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "") ->
     return records, counts
 
 
-def run_sft(preset, out: str | Path, seed: int = 0) -> dict:
+def run_sft(preset, out: str | Path, seed: int = 0, resume: bool = False) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from .inference import probe_accuracy
-    from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
+    from .training import (AtomicCheckpointCallback, JsonlLogCallback, mean_train_loss, prepare_qlora,
+                           restore_adapter_dtype, resume_step, train_resumable, training_args)
+
+    from accelerate import PartialState
 
     cfg = preset.sft
-    d, timer = begin_stage("sft", preset, out, seed, sft=cfg, model=preset.model, quant=preset.quant)
+    # Under torchrun / accelerate launch this joins the process group now, so that the ranks take turns writing
+    # config.json and only the main one writes the results below (every rank holds the same weights under DDP).
+    state = PartialState()
+    with state.main_process_first():
+        d, timer = begin_stage("sft", preset, out, seed, resume, sft=cfg, model=preset.model, quant=preset.quant)
     world = world_dir(out)
-    records, counts = mix_sft_data(world, cfg.mix, seed, cfg.multiturn_path)
+    available: dict = {}
+    records, counts = mix_sft_data(world, cfg.mix, seed, cfg.multiturn_path, available)
     init = sft_init_path(preset, out)
     tokenizer = load_tokenizer(init, preset.model.trust_remote_code)
     model = prepare_qlora(load_model(init, preset.model, preset.quant), cfg.lora,
                           quantized=preset.quant.load_in_4bit)
     args = training_args(SFTConfig, cfg, d, seed, preset, max_length=cfg.max_length, assistant_only_loss=True,
-                         packing=False, dataset_num_proc=None)
+                         packing=cfg.packing, packing_strategy="bfd", dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
-                         processing_class=tokenizer, callbacks=[JsonlLogCallback(d / "log.jsonl")])
+                         processing_class=tokenizer,
+                         callbacks=[JsonlLogCallback(d / "log.jsonl", start := resume_step(d, resume)),
+                                    AtomicCheckpointCallback()])
     restore_adapter_dtype(trainer.model, preset)
-    result = trainer.train()
+    # Without packing, TRL truncates to max_length and then drops, without a word, the examples left with no
+    # doctor token to learn from; with packing it truncates nothing and its rows are packs, not examples.
+    lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+               for r in records]
+    kept = len(records) if args.packing else len(trainer.train_dataset)
+    data_report = {"available": available, "mixed": len(records), "kept": kept,
+                   "dropped": {"no_doctor_tokens_after_truncation": len(records) - kept},
+                   "truncated_to_max_length": 0 if args.packing else sum(n > cfg.max_length for n in lengths)}
+    result = train_resumable(trainer, d, resume)
     probes = probe_accuracy(model, tokenizer, load_jsonl(world / "probes.jsonl"))
 
-    model.save_pretrained(d / "adapter", safe_serialization=True)
-    merge_adapter(init, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
+    if state.is_main_process:
+        model.save_pretrained(d / "adapter", safe_serialization=True)
+        merge_adapter(init, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {
-        "init_from": cfg.init_from, "examples": len(records), "composition": counts, "steps": result.global_step,
-        "train_loss": round(result.training_loss, 4), "trainable_params": count_params(model)["trainable"],
-        "probes_after_sft": probes, "seconds": timer(),
+        "init_from": cfg.init_from, "examples": len(records), "composition": counts, "data": data_report,
+        "steps": result.global_step,
+        "train_loss": mean_train_loss(trainer), "trainable_params": count_params(model)["trainable"],
+        "probes_after_sft": probes,
     }
-    write_json(d / "metrics.json", metrics)
-    return metrics
+    timings = {"seconds": timer(), "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
+               "resumed_from_step": start or 0}
+    return write_metrics(d, metrics, timings) if state.is_main_process else metrics
 

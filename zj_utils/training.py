@@ -3,6 +3,9 @@ and QLoRA model preparation."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -10,13 +13,25 @@ from transformers import TrainerCallback
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Append every Trainer log (loss, lr, ...) to OUT/<stage>/log.jsonl, with tokens/s since the previous log."""
+    """Append every Trainer log (loss, lr, ...) to OUT/<stage>/log.jsonl, with tokens/s since the previous log.
+    Resuming from the checkpoint of step N keeps the lines up to step N, so the log reads as one run."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_step: int | None = None):
         self.path = Path(path)
-        self.path.write_text("", encoding="utf-8")
-        self._t = time.perf_counter()
-        self._tokens = 0
+        kept = []
+        if resume_step is not None and self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line + "\n")
+                except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                    pass
+        self.path.write_text("".join(kept), encoding="utf-8")
+        self._t, self._tokens = time.perf_counter(), 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed run starts past 0 tokens
+        self._t, self._tokens = time.perf_counter(), state.num_input_tokens_seen or 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
@@ -25,10 +40,99 @@ class JsonlLogCallback(TrainerCallback):
         rec = {"step": state.global_step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}}
         if seen > self._tokens and "loss" in logs:
             rec["tokens_per_s"] = round((seen - self._tokens) / max(now - self._t, 1e-9), 1)
-            logs["tokens_per_s"] = rec["tokens_per_s"]
             self._t, self._tokens = now, seen
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+COMPLETE = "COMPLETE"  # written last into a Trainer checkpoint folder: without it the folder is a torso
+
+
+class AtomicCheckpointCallback(TrainerCallback):
+    """Makes the Trainer's checkpoints safe to resume from after a SIGKILL at any moment.
+
+    transformers 5.x writes `checkpoint-N/` file by file in place (weights, optimizer, scheduler, RNG, trainer
+    state), so a run killed mid-save leaves a folder that `get_last_checkpoint` would happily pick. `on_save`
+    runs after the whole folder is written: flush it to disk, then mark it complete with an atomic rename, and
+    only then delete the older checkpoints (the Trainer's own rotation, `save_total_limit`, deletes the previous
+    checkpoint before the new one is complete, so it is left off)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        for f in ckpt.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        tmp = ckpt / (COMPLETE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": state.global_step}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, ckpt / COMPLETE)
+        for old in Path(args.output_dir).glob("checkpoint-*"):
+            if old != ckpt and _step_of(old) is not None and _step_of(old) < state.global_step:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int | None:
+    m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(m.group(1)) if m else None
+
+
+def last_complete_checkpoint(out_dir: Path) -> Path | None:
+    """The newest Trainer checkpoint under OUT/<stage>/checkpoints that was marked complete; checkpoints a kill
+    left half-written (no marker) are deleted, since the Trainer would write into them again."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    found = sorted((p for p in root.iterdir() if p.is_dir() and _step_of(p) is not None), key=_step_of)
+    complete = [p for p in found if (p / COMPLETE).exists()]
+    for p in found:
+        if p not in complete:
+            shutil.rmtree(p, ignore_errors=True)
+    return complete[-1] if complete else None
+
+
+def clear_checkpoints(out_dir: Path) -> None:
+    """A run that does not resume starts clean: stale checkpoints of an older run must not be resumed later."""
+    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
+
+
+def train_resumable(trainer, out_dir: Path, resume: bool):
+    """`trainer.train()`, from the last complete checkpoint when `resume` (from scratch when there is none)."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    ckpt = last_complete_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+        if state.max_steps and state.global_step >= state.max_steps:
+            # Killed after training, while measuring or merging: transformers 5.x resumed from its final checkpoint
+            # runs one step past max_steps, so take the trained weights and the state (its log) from it instead.
+            trainer._load_from_checkpoint(str(ckpt))
+            trainer.state = state
+            return TrainOutput(state.global_step, float("nan"), {})
+    return trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+
+
+def resume_step(out_dir: Path, resume: bool) -> int | None:
+    """The step a resumed run continues from (for the log), or None for a fresh run (which clears old
+    checkpoints)."""
+    if not resume:
+        clear_checkpoints(out_dir)
+        return None
+    ckpt = last_complete_checkpoint(out_dir)
+    return _step_of(ckpt) if ckpt else 0
+
+
+def mean_train_loss(trainer) -> float:
+    """Mean of the per-step training losses over the whole run. The Trainer's own `training_loss` only covers
+    the steps of the last `train()` call, so a resumed run would report another number; every step's loss is
+    in `state.log_history` (logged at every step, and restored from the checkpoint on resume)."""
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return round(sum(losses) / len(losses), 4) if losses else float("nan")
 
 
 def training_args(cls, stage_cfg, out_dir: Path, seed: int, preset, **extra):
@@ -37,19 +141,26 @@ def training_args(cls, stage_cfg, out_dir: Path, seed: int, preset, **extra):
 
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and preset.model.dtype == "bfloat16"
-    return cls(
+    save_every = getattr(stage_cfg, "save_every", 0)
+    kwargs = dict(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=stage_cfg.batch_size,
         per_device_eval_batch_size=stage_cfg.batch_size,
         gradient_accumulation_steps=getattr(stage_cfg, "grad_accum", 1),
         learning_rate=stage_cfg.learning_rate,
-        num_train_epochs=extra.pop("num_train_epochs", stage_cfg.epochs),
+        num_train_epochs=stage_cfg.epochs,
         max_steps=getattr(stage_cfg, "max_steps", -1),
         lr_scheduler_type="cosine",
         warmup_steps=getattr(stage_cfg, "warmup_ratio", 0.05),
-        logging_steps=5,
+        # A resumable stage logs every step: its mean training loss is then computed from the log, which a
+        # checkpoint restores, so a resumed run reports the same loss as an uninterrupted one.
+        logging_steps=1 if save_every else 5,
         logging_first_step=True,
-        save_strategy="no",
+        # Checkpoints every `save_every` steps, made atomic by AtomicCheckpointCallback, which also prunes them
+        # (save_total_limit would delete the last complete one before the new one is complete).
+        save_strategy="steps" if save_every else "no",
+        save_steps=save_every or 500,
+        save_total_limit=None,
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -60,8 +171,9 @@ def training_args(cls, stage_cfg, out_dir: Path, seed: int, preset, **extra):
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
         disable_tqdm=False,
-        **extra,
     )
+    kwargs.update(extra)
+    return cls(**kwargs)
 
 
 def prepare_qlora(model, lora_spec, task_type: str = "CAUSAL_LM", quantized: bool = True):

@@ -1,0 +1,247 @@
+"""Kill and resume, for every stage that trains or judges: a stage run in a subprocess is killed with SIGKILL at a
+random point after its first complete checkpoint (picked with a seeded RNG by watching the checkpoint folder), then
+`zj <stage> --resume` finishes it, and its metrics.json must be byte for byte the one of an uninterrupted run with
+the same preset and seed. No tolerance is needed: the checkpoint holds everything the rest of the run depends on
+(weights, optimizer, scheduler, every RNG, the per-step losses), and metrics.json holds no wall-clock value.
+
+The uninterrupted runs are one smoke pipeline built once for the module; each stage's killed run starts from a copy
+of the stages before it. `zj judge` with the OpenAI-compatible judge is killed while its verdicts stream in from a
+local stub server, and resumes from its verdict cache without asking for a verdict twice."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from zj_utils.cli import main
+from zj_utils.pipeline import STAGES, run_stage
+from zj_utils.presets import get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = "smoke"
+SEED = 0
+KILL_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run here, in this process and in the killed subprocesses, uses one thread: the same arithmetic in
+    all of them, and on a shared 2-core machine much faster than threads fighting over the cores."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZJ_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, one_thread):
+    """The uninterrupted smoke pipeline: the shared prefix of every killed run, and the reference metrics."""
+    out = tmp_path_factory.mktemp("straight")
+    preset = get_preset(PRESET)
+    for stage in STAGES:
+        run_stage(stage, preset, out, SEED)
+    return out
+
+
+def _prefix(straight: Path, out: Path, stage: str) -> None:
+    for before in STAGES[:STAGES.index(stage)]:
+        shutil.copytree(straight / before, out / before)
+
+
+def _kill_when(cmd, trigger, rng: random.Random, cwd=None, env=None, max_delay: float = 0.4) -> None:
+    """Start `cmd`, wait until `trigger()` holds, then SIGKILL it after a random delay (which may land in the middle
+    of writing the next checkpoint). Fails if the process ends before the kill."""
+    with open(Path(cwd) / "killed_run.log" if cwd else os.devnull, "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + KILL_TIMEOUT_S
+            while not trigger():
+                assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill point: {cmd}"
+                assert time.monotonic() < deadline, "the kill point never came"
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, max_delay))
+            assert proc.poll() is None, "the run ended during the random delay before the kill"
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+
+
+def _save_points(steps: int, every: int) -> list[int]:
+    """Steps at which the Trainer writes a checkpoint: every `every` steps, and the last one."""
+    return sorted(set(range(every, steps + 1, every)) | {steps})
+
+
+def _trigger(stage: str, d: Path, rng: random.Random, reference: dict):
+    """A condition on the stage folder that holds only after the first complete checkpoint, at a random step."""
+    preset = get_preset(PRESET)
+    if stage in ("pretrain", "sft", "rm"):
+        points = _save_points(reference["steps"], getattr(preset, stage).save_every)
+        assert len(points) >= 2, f"{stage}: the smoke preset must checkpoint at least twice"
+        k = rng.choice(points[1:])  # checkpoint-k appears once the first checkpoint is complete
+        return (lambda: (d / "checkpoints" / f"checkpoint-{k}").exists()), f"checkpoint-{k} started"
+    if stage == "ppo":
+        k = rng.randint(1, preset.ppo.steps - 1)
+        return (lambda: (d / "latest.json").exists() and json.loads((d / "latest.json").read_text())["step"] >= k), \
+            f"PPO checkpoint of step {k} written"
+    if stage == "eval":
+        name = rng.choice(list(reference["models"])[:-1])
+        return (lambda: (d / "done" / f"{name}.json").exists()), f"model {name} evaluated"
+    raise AssertionError(stage)
+
+
+def _plant_torso(stage: str, d: Path) -> None:
+    """What a kill in the middle of a save leaves behind; a resumed run must never take it as complete."""
+    if stage in ("pretrain", "sft", "rm"):
+        torso = d / "checkpoints" / "checkpoint-999"
+        torso.mkdir(parents=True)
+        (torso / "trainer_state.json").write_text('{"global_step": 999, "log_hist', encoding="utf-8")
+        (torso / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
+    elif stage == "ppo":
+        (d / ".checkpoint-000099.tmp").mkdir()
+        (d / ".checkpoint-000099.tmp" / "state.json").write_text("{", encoding="utf-8")
+    elif stage == "eval":
+        (d / "answers").mkdir(exist_ok=True)
+        (d / "answers" / "ppo.jsonl").write_text('{"id": "x", "answer": "half', encoding="utf-8")
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "ppo", "eval"])
+def test_killed_stage_resumes_to_the_same_metrics(straight, tmp_path, stage):
+    rng = random.Random(f"resume-{stage}")
+    out = tmp_path / "run"
+    _prefix(straight, out, stage)
+    d = out / stage
+    reference = json.loads((straight / stage / "metrics.json").read_text())
+    trigger, what = _trigger(stage, d, rng, reference)
+    cmd = [sys.executable, "-m", "zj_utils.cli", stage, "--preset", PRESET, "--out", str(out), "--seed", str(SEED)]
+    _kill_when(cmd, trigger, rng, cwd=str(tmp_path), env=_env())
+    assert not (d / "metrics.json").exists(), f"{stage} finished before the kill ({what})"
+    _plant_torso(stage, d)
+
+    assert main([stage, "--preset", PRESET, "--out", str(out), "--seed", str(SEED), "--resume"]) == 0
+
+    timings = json.loads((d / "timings.json").read_text())
+    if stage in ("pretrain", "sft", "rm"):
+        assert timings["resumed_from_step"] > 0, f"{stage} started over instead of resuming ({what})"
+        assert not (d / "checkpoints" / "checkpoint-999").exists()
+        # the log reads as one run: one line per step, none twice
+        steps = [r["step"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines()) if "loss" in r]
+        assert steps == list(range(1, reference["steps"] + 1))
+    if stage == "rm":
+        assert timings["sampling_read_back"], "the answers were sampled again"
+    if stage == "eval":
+        assert timings["models_read_back"], "every model was evaluated again"
+    if stage == "ppo":
+        rows = [json.loads(x) for x in (d / "ppo_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(1, get_preset(PRESET).ppo.steps + 1))
+    assert (d / "metrics.json").read_bytes() == (straight / stage / "metrics.json").read_bytes(), what
+
+
+def test_resume_refuses_other_settings(straight, tmp_path, capsys):
+    """Resuming under other settings would mix two runs in one folder: a one-line error instead."""
+    out = tmp_path / "run"
+    _prefix(straight, out, "pretrain")
+    shutil.copytree(straight / "pretrain", out / "pretrain")
+    assert main(["pretrain", "--preset", PRESET, "--out", str(out), "--resume", "--set", "pretrain.learning_rate=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Cannot resume" in err and "pretrain" in err
+
+
+# --------------------------------------------------------------------------- zj judge (OpenAI-compatible)
+
+class SlowJudgeAPI:
+    """A chat-completions server on loopback that answers every request after `delay` s with a verdict that
+    depends on the request only, so a judge run can be killed while its verdicts stream in."""
+
+    def __init__(self, delay: float = 0.05):
+        self.requests = 0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                api.requests += 1
+                time.sleep(delay)
+                winner = "AB"[sum(body) % 2]
+                verdict = json.dumps({"safety": winner, "professionalism": "平局", "fluency": "A"}, ensure_ascii=False)
+                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+N_ITEMS = 10
+
+
+def _judge_inputs(d: Path) -> list[str]:
+    d.mkdir(parents=True)
+    items = [{"id": f"t{i}", "messages": [{"role": "user", "content": f"［虚构］我发热第{i}天了，怎么办？"}], "expect": {}}
+             for i in range(N_ITEMS)]
+    (d / "tests.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+    for name in "ab":
+        (d / f"{name}.jsonl").write_text("".join(json.dumps({"id": x["id"], "answer": f"{name}{i}"}) + "\n"
+                                                 for i, x in enumerate(items)), encoding="utf-8")
+    return ["judge", "a.jsonl", "b.jsonl", "--tests", "tests.jsonl", "--judge", "openai", "--model", "stub-judge",
+            "--out", "result.json", "--cache", "cache.jsonl", "--n-boot", "200"]
+
+
+def test_killed_judge_resumes_from_its_cache(tmp_path, monkeypatch):
+    rng = random.Random("resume-judge")
+    api = SlowJudgeAPI()
+    try:
+        monkeypatch.setenv("OPENAI_BASE_URL", api.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-resume-test")
+        args = _judge_inputs(tmp_path / "straight")
+        monkeypatch.chdir(tmp_path / "straight")
+        assert main(args) == 0
+        straight = json.loads(Path("result.json").read_text())
+
+        run = tmp_path / "killed"
+        _judge_inputs(run)
+        k = rng.randint(1, 2 * N_ITEMS - 2)  # verdicts cached before the kill (two orders per item)
+        cache = run / "cache.jsonl"
+        _kill_when([sys.executable, "-m", "zj_utils.cli", *args],
+                   lambda: cache.exists() and len(cache.read_bytes().splitlines()) >= k, rng, cwd=str(run),
+                   env=dict(_env(), OPENAI_BASE_URL=api.url, OPENAI_API_KEY="sk-resume-test"), max_delay=0.1)
+        assert not (run / "result.json").exists()
+        cached = len(cache.read_bytes().splitlines())
+        monkeypatch.chdir(run)
+        assert main(args) == 0
+        resumed = json.loads((run / "result.json").read_text())
+    finally:
+        api.close()
+
+    # what this invocation did differs (it paid for fewer requests); every verdict and number is the same
+    ops = ("http_requests", "http_retries", "cache_hits", "cache_bad_lines")
+    st_s, st_r = straight.pop("judge_stats"), resumed.pop("judge_stats")
+    assert resumed == straight
+    assert {k: v for k, v in st_r.items() if k not in ops} == {k: v for k, v in st_s.items() if k not in ops}
+    assert st_s["http_requests"] == 2 * N_ITEMS and st_s["cache_hits"] == 0
+    # no verdict paid twice: a line cut short by the kill is the only one asked again
+    assert st_r["cache_hits"] >= cached - 1 and st_r["cache_hits"] + st_r["http_requests"] == 2 * N_ITEMS
