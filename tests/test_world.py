@@ -119,7 +119,8 @@ def test_message_records(world):
             assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
     for attr in ("rank_prompts", "test_multiturn", "test_single", "test_safety"):
         for r in getattr(world, attr):
-            assert set(r) == {"id", "kind", "messages", "disease_id", "split", "expect"}
+            extra = {"reference"} if attr.startswith("test_") else set()
+            assert set(r) == {"id", "kind", "messages", "disease_id", "split", "expect"} | extra
             assert r["messages"][-1]["role"] == "user" and r["expect"]
     kinds = {r["kind"] for r in world.test_multiturn}
     assert kinds == {"multi_turn_open", "later_turn"}
@@ -191,3 +192,29 @@ def test_noise_rate(world):
         "no_ask", "contra_drug", "no_emergency"}
     clean = build_world(WorldConfig(sft_noise_rate=0.0), 0)
     assert not any(g["flaw"] for g in clean.gold if g["file"].startswith("sft"))
+
+
+# SHA-256 over SMALL's files (seed 0) with the test items' `reference` stripped, computed with the generator as it
+# was before references existed. Adding them must not move anything else; a deliberate change to the world's
+# generation changes this digest too (recompute it then, on purpose).
+DIGEST_WITHOUT_REFERENCES = "9fcae6318b43f5e308769195f9e3c4065021df3a6b504608389e4abd070fca40"
+
+
+def test_references(world, small_dir):
+    h = hashlib.sha256()
+    for p in sorted(small_dir.iterdir()):
+        text = p.read_text(encoding="utf-8")
+        if p.name in TEST_FILES:
+            text = "".join(json.dumps({k: v for k, v in json.loads(l).items() if k != "reference"},
+                                      ensure_ascii=False) + "\n" for l in text.splitlines())
+        h.update(p.name.encode() + b"\0" + text.encode() + b"\0")
+    assert h.hexdigest() == DIGEST_WITHOUT_REFERENCES
+    gold = {(g["file"], g["id"]): g for g in world.gold}
+    for f in TEST_FILES:
+        for r in getattr(world, f[:-len(".jsonl")]):
+            assert isinstance(r["reference"], str) and r["reference"].strip(), (f, r["id"])
+            assert r["reference"] == gold[f, r["id"]]["gold"]  # the ideal doctor's answer, as the judge knows it
+    # the ideal doctor asks on an open first turn, refuses a harmful request, concludes otherwise
+    opens = [r for r in world.test_multiturn if r["kind"] == "multi_turn_open"]
+    assert opens and all(r["expect"]["should_ask"] in r["reference"] and "？" in r["reference"] for r in opens)
+    assert all(r["expect"]["disease"] in r["reference"] for r in world.test_single)

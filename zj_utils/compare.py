@@ -2,7 +2,8 @@
 zj_utils/judges.py, and answer generation with a local model.
 
 Answer files are JSONL, one `{"id", "answer"}` per test item, so answers from systems we cannot run here can be
-dropped in. Test files are the world's `test_*.jsonl` shape: `{"id", "messages", "expect", ...}`.
+dropped in. Test files are the world's `test_*.jsonl` shape: `{"id", "messages", "expect", ...}`; items that carry a
+reference answer (`reference`, or CMtMedQA's `output`) also get BLEU-4, ROUGE-L and Distinct-1/2 for both files.
 """
 from __future__ import annotations
 
@@ -96,6 +97,32 @@ def judge_pairs(items: list[dict], answers_a: dict, answers_b: dict, judge: Judg
     return result
 
 
+def item_reference(item: dict) -> str | None:
+    """The reference answer of a test item: the world's `reference`, or CMtMedQA's doctor answer `output`."""
+    for key in ("reference", "output"):
+        if key in item:
+            ref = item[key]
+            if not isinstance(ref, str) or not ref.strip():
+                raise ZJError(f"Test item {item.get('id')!r} ({item.get('set')}): field {key!r} must be a non-empty "
+                              f"string, got {ref!r}.")
+            return ref
+    return None
+
+
+def reference_metrics(items: list[dict], answers_a: dict, answers_b: dict) -> dict | None:
+    """BLEU-4, ROUGE-L and Distinct-1/2 of both answer files on the items both answer and that carry a
+    reference (None when none does); Distinct is over those same answers, so the two sides are comparable."""
+    from .text_metrics import auto_metrics
+
+    refd = [(it, r) for it in items if it["id"] in answers_a and it["id"] in answers_b
+            for r in [item_reference(it)] if r is not None]
+    if not refd:
+        return None
+    refs = [r for _, r in refd]
+    return {"n_items": len(refd), "a": auto_metrics([answers_a[it["id"]] for it, _ in refd], refs),
+            "b": auto_metrics([answers_b[it["id"]] for it, _ in refd], refs)}
+
+
 def _fmt(x, ci) -> str:
     if x is None:
         return f"{'-':>20s}"
@@ -115,6 +142,10 @@ def format_table(result: dict, a_name: str = "A", b_name: str = "B") -> str:
         lines.append(f"verdicts {st['verdicts']} (unparseable {st['unparsed_verdicts']}), pairs with no verdict "
                      f"{st['unparsed_pairs']}, one order only {st['single_order_pairs']}, order-dependent pairs "
                      f"{st['order_dependent_pairs']} (counted as ties)")
+    am = result.get("auto_metrics")
+    if am:
+        lines.append(f"automatic metrics on {am['n_items']} items with a reference (A / B):  " + "  ".join(
+            f"{k} {am['a'][k]:.4f} / {am['b'][k]:.4f}" for k in ("bleu4", "rouge_l", "distinct_1", "distinct_2")))
     if result["missing"]["a"] or result["missing"]["b"]:
         lines.append(f"not judged: {result['missing']['a']} items without an answer in A, "
                      f"{result['missing']['b']} in B")
@@ -140,6 +171,9 @@ def judge_files(a_path, b_path, tests, judge: str = "rule", world=None, model: s
     j = make_judge(judge, kg=_kg(world), model=model, **(judge_kwargs or {}))
     result = {"a": str(a_path), "b": str(b_path), "tests": [str(t) for t in ([tests] if isinstance(
         tests, (str, Path)) else tests)]} | judge_pairs(items, answers_a, answers_b, j, n_boot, seed, progress)
+    am = reference_metrics(items, answers_a, answers_b)
+    if am:
+        result["auto_metrics"] = am
     if out:
         write_json(out, result)
     return result

@@ -1,7 +1,8 @@
 """Stage 5: evaluation as the paper did it, with the rule-based judge of the synthetic world standing in for
 GPT-4 and the doctors: pairwise win/tie/loss per dimension (safety, professionalism, fluency) of the final
 model against the SFT-only model and the base, plus knowledge accuracy, proactive-inquiry rate and
-unsafe-answer rate."""
+unsafe-answer rate, and automatic metrics against the world's reference answers (BLEU-4, ROUGE-L, Distinct-1/2,
+refusal rate; zj_utils/text_metrics.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,6 +58,53 @@ def summarize_verdicts(items: list[dict], verdicts: list) -> dict:
             "unsafe_rate": unsafe, "n_safety_items": n_safe, "mean_scores": means}
 
 
+def with_references(world: Path, items: list[dict]) -> list[dict]:
+    """Items with their `reference`; a world written before test items carried one falls back on gold.jsonl,
+    which holds the same text (the world's ideal answer)."""
+    if all(it.get("reference") for it in items) or not (world / "gold.jsonl").exists():
+        return items
+    gold = {(g["file"], g["id"]): g["gold"] for g in load_jsonl(world / "gold.jsonl")}
+    return [it if it.get("reference") else it | {"reference": gold.get((f"{it['set']}.jsonl", it["id"]))}
+            for it in items]
+
+
+def auto_metrics(items: list[dict], answers: list[str], verdicts: list) -> dict:
+    """BLEU-4 and ROUGE-L against the references and Distinct-1/2, per test set and over all; the refusal rate
+    on test_safety (all of it, and its harmful requests alone, where refusing is right)."""
+    from .text_metrics import auto_metrics as metrics
+
+    out = {}
+    for s in (*TEST_SETS, "all"):
+        sel = [(a, it.get("reference")) for it, a in zip(items, answers) if s == "all" or it["set"] == s]
+        refd = [(a, r) for a, r in sel if r]
+        out[s] = (metrics([a for a, _ in refd], [r for _, r in refd]) if refd else {}) | {
+            k: v for k, v in metrics([a for a, _ in sel]).items() if k != "n"} | {
+            "n": len(sel), "n_without_reference": len(sel) - len(refd)}
+
+    def refused(sel):
+        vals = [v.refused for it, v in zip(items, verdicts) if sel(it)]
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    out["refusal_rate_safety"] = refused(lambda it: it["set"] == "test_safety")
+    out["refusal_rate_harmful"] = refused(lambda it: it["set"] == "test_safety" and it.get("expect", {}).get("refuse"))
+    return out
+
+
+def auto_metrics_markdown(models: dict) -> str:
+    """A Markdown table of each model's auto_metrics (metrics.json's "models"), one row per model and test set."""
+    rows = ["| model | test set | n | BLEU-4 | ROUGE-L | Distinct-1 | Distinct-2 | refusal rate |", "|" + "---|" * 8]
+    for name, m in models.items():
+        am = m.get("auto_metrics")
+        if not am:
+            raise ZJError(f"eval metrics of model {name!r} hold no auto_metrics: run `zj eval` again.")
+        for s in (*TEST_SETS, "all"):
+            r, ref = am[s], am["refusal_rate_safety"] if s == "test_safety" else None
+            cells = [r.get(k) for k in ("bleu4", "rouge_l", "distinct_1", "distinct_2")] + [ref]
+            rows.append(f"| {name} | {s} | {r['n']} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells)
+                        + " |")
+    return "\n".join(rows)
+
+
 def pairwise(verdicts_a: list, verdicts_b: list) -> dict:
     """Win/tie/loss of A against B per dimension, from A's side, as counts and percentages."""
     from .judge import compare
@@ -80,7 +128,7 @@ def run_eval(preset, out: str | Path, seed: int = 0, resume: bool = False) -> di
     world = world_dir(out)
     kg = read_json(world / "world.json")
     available: dict = {}
-    items = load_test_items(world, cfg.max_items, available)
+    items = with_references(world, load_test_items(world, cfg.max_items, available))
     probes = load_jsonl(world / "probes.jsonl")
     paths = {k: v for k, v in model_paths(preset, out).items() if k in cfg.models}
 
@@ -90,7 +138,8 @@ def run_eval(preset, out: str | Path, seed: int = 0, resume: bool = False) -> di
         if resume and done.exists():
             answers = [r["answer"] for r in load_jsonl(d / "answers" / f"{name}.jsonl")]
             verdicts[name] = judge_answers(items, answers, kg)
-            per_model[name] = read_json(done)
+            # recomputed (cheap, deterministic): a model done before auto metrics existed gets them too
+            per_model[name] = read_json(done) | {"auto_metrics": auto_metrics(items, answers, verdicts[name])}
             resumed.append(name)
             continue
         tokenizer = load_tokenizer(path, preset.model.trust_remote_code)
@@ -103,7 +152,8 @@ def run_eval(preset, out: str | Path, seed: int = 0, resume: bool = False) -> di
             {"id": it["id"], "set": it["set"], "answer": a, "verdict": v.__dict__ if hasattr(v, "__dict__") else v}
             for it, a, v in zip(items, answers, verdicts[name])])
         per_model[name] = summarize_verdicts(items, verdicts[name]) | {
-            "knowledge_accuracy": probe_accuracy(model, tokenizer, probes)}
+            "knowledge_accuracy": probe_accuracy(model, tokenizer, probes),
+            "auto_metrics": auto_metrics(items, answers, verdicts[name])}
         write_json(done, per_model[name])  # last: marks this model complete for a resumed run
         del model
 

@@ -613,7 +613,9 @@ def _prompts(cfg, seed, kg, gold, seen: set[str]) -> dict[str, list]:
 
     def add(file, prefix, kind, d, messages, exp, g, flawed, flaw, sub=None):
         rid = f"{prefix}-{len(out[file]) + 1:05d}"
-        out[file].append(_prompt(rid, kind, d, messages, exp))
+        # a test item carries its gold answer as `reference`, for BLEU/ROUGE-L: the text is already drawn for
+        # gold.jsonl, so adding it draws nothing from `rng` and leaves every other output as it was
+        out[file].append(_prompt(rid, kind, d, messages, exp) | ({"reference": g} if file.startswith("test_") else {}))
         gold.append({"id": rid, "file": FILES[file], "turn": sum(m["role"] == "assistant" for m in messages),
                      "sub": sub or kind, "expect": exp, "gold": g, "flawed": flawed, "flaw": flaw})
 
