@@ -161,16 +161,18 @@ PRESETS: dict[str, dict] = {
                 "learning_rate": 3e-4, "kl_coef": 0.2, "save_every": 0},
     },
     "qwen2.5-0.5b": {
-        "description": "A small real chat model on one consumer GPU (>= 12 GB) with QLoRA, on the synthetic world.",
+        "description": "A small real chat model on one 24 GB GPU with QLoRA, on the synthetic world "
+                       "(`zj estimate --preset qwen2.5-0.5b --stage S` for each stage's memory).",
         "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "dtype": "bfloat16", "max_length": 1024},
         "quant": {"compute_dtype": "bfloat16"},
         "pretrain": {"learning_rate": 2e-4, "epochs": 1, "batch_size": 4, "grad_accum": 4, "block_size": 1024,
                      "lora": {"r": 16, "alpha": 32, "modules_to_save": []}},
         "sft": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 4, "grad_accum": 4, "max_length": 1024,
                 "lora": {"r": 16, "alpha": 32}},
-        "rm": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "learning_rate": 2e-4, "batch_size": 8,
+        # rm and ppo batches sized by `zj estimate` to fit 24 GB (8 pairs: ~38 GiB; 32 rollouts: ~39 GiB)
+        "rm": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "learning_rate": 2e-4, "batch_size": 4,
                "max_length": 1024},
-        "ppo": {"steps": 200, "batch_size": 32, "mini_batch_size": 8, "max_new_tokens": 256, "learning_rate": 1e-5},
+        "ppo": {"steps": 400, "batch_size": 16, "mini_batch_size": 4, "max_new_tokens": 256, "learning_rate": 1e-5},
         "eval": {"max_new_tokens": 256, "batch_size": 16, "repetition_penalty": 1.1},
     },
     "zhongjing-13b": {
