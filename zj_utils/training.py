@@ -34,7 +34,7 @@ class JsonlLogCallback(TrainerCallback):
         self._t, self._tokens = time.perf_counter(), state.num_input_tokens_seen or 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # under DDP every rank logs the same numbers: write once
             return
         now, seen = time.perf_counter(), state.num_input_tokens_seen or 0
         rec = {"step": state.global_step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}}
