@@ -14,13 +14,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from stub_chat_api import StubChatAPI, verdict_reply
 from zj_utils.cli import main
 from zj_utils.pipeline import STAGES, run_stage
 from zj_utils.presets import get_preset
@@ -173,38 +172,20 @@ def test_resume_refuses_other_settings(straight, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- zj judge (OpenAI-compatible)
 
-class SlowJudgeAPI:
+class SlowJudgeAPI(StubChatAPI):
     """A chat-completions server on loopback that answers every request after `delay` s with a verdict that
     depends on the request only, so a judge run can be killed while its verdicts stream in."""
 
     def __init__(self, delay: float = 0.05):
         self.requests = 0
-        api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        def respond(body, headers):
+            self.requests += 1
+            time.sleep(delay)
+            winner = "AB"[sum(json.dumps(body, sort_keys=True).encode()) % 2]
+            return 200, verdict_reply(winner, "平局", "A")
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                api.requests += 1
-                time.sleep(delay)
-                winner = "AB"[sum(body) % 2]
-                verdict = json.dumps({"safety": winner, "professionalism": "平局", "fluency": "A"}, ensure_ascii=False)
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(respond)
 
 
 N_ITEMS = 10

@@ -5,14 +5,13 @@ import ast
 import errno
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 
+from stub_chat_api import StubChatAPI, verdict_reply
 from zj_utils import common
 from zj_utils.cli import main
 from zj_utils.common import ZJError, load_model, load_tokenizer
@@ -128,41 +127,21 @@ def test_every_torch_load_is_weights_only_and_nothing_unpickles():
 
 # --------------------------------------------------------------------------- API keys
 
-class EchoingAPI:
+class EchoingAPI(StubChatAPI):
     """A chat-completions stub on loopback. It answers verdicts, except for the model 'reject-me', which gets an
     HTTP 400 whose body echoes the Authorization header back: a careless client would put the key in its error."""
 
     def __init__(self):
         self.auth = []
-        api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        def respond(body, headers):
+            auth = headers.get("Authorization") or ""
+            self.auth.append(auth)
+            if body["model"] == "reject-me":
+                return 400, {"error": f"bad request from {auth}"}
+            return 200, verdict_reply("A", "平局", "B")
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                auth = self.headers.get("Authorization") or ""
-                api.auth.append(auth)
-                if body["model"] == "reject-me":
-                    code, data = 400, json.dumps({"error": f"bad request from {auth}"}).encode()
-                else:
-                    verdict = json.dumps({"safety": "A", "professionalism": "平局", "fluency": "B"},
-                                         ensure_ascii=False)
-                    code, data = 200, json.dumps({"choices": [{"message": {"content": verdict}}]}).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(respond)
 
 
 def _files_with(root: Path, secret: str) -> list[str]:
