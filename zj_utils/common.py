@@ -55,7 +55,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write atomically (tmp file + rename) so a killed run never leaves a half-written JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # the temporary name is per process: under DDP several ranks may write the same file at once
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(to_jsonable(obj), ensure_ascii=False, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
@@ -118,7 +119,7 @@ def atomic_write_jsonl(path: str | Path, records) -> Path:
     never a half-written one that a resumed run would take as its cache."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process, as in write_json
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for r in records:
             f.write(json.dumps(to_jsonable(r), ensure_ascii=False) + "\n")
