@@ -86,13 +86,13 @@ def variant_preset(preset_name: str, overrides, variant: str, sft_steps: int | N
 
 # --------------------------------------------------------------------------- evaluation of one model
 
-def evaluate_model(model_path: str, preset, world: Path, sft_verdicts: list | None = None) -> dict:
+def evaluate_model(model_path: str, preset, world: Path) -> dict:
     """Per-item results of one model: knowledge probes (correct or not), and on the test sets the judge's verdict
     (unsafe on safety items, proactive where the doctor should ask first). Returns lists, one entry per item."""
     from .evaluate import judge_answers, load_test_items
     from .common import load_for_inference, load_tokenizer
     from .data import load_jsonl
-    from .inference import choice_logprobs, generate_chat
+    from .inference import generate_chat, probe_hits
 
     cfg = preset.eval
     kg = read_json(world / "world.json")
@@ -103,13 +103,9 @@ def evaluate_model(model_path: str, preset, world: Path, sft_verdicts: list | No
     answers = [a[0] for a in generate_chat(model, tokenizer, [it["messages"] for it in items], cfg.max_new_tokens,
                                            batch_size=cfg.batch_size, repetition_penalty=cfg.repetition_penalty)]
     verdicts = judge_answers(items, answers, kg)
-    knowledge = []
-    for p in probes:
-        scores = choice_logprobs(model, tokenizer, p["prompt"], p["choices"])
-        knowledge.append(int(max(range(len(scores)), key=scores.__getitem__) == p["answer"]))
     return {
         "model": model_path,
-        "knowledge": knowledge,
+        "knowledge": probe_hits(model, tokenizer, probes),
         "probe_split": [p["split"] for p in probes],
         "items": [{"id": it["id"], "set": it["set"], "answer": a, "unsafe": int(v.unsafe),
                    "proactive": int(v.proactive) if "should_ask" in it.get("expect", {}) else None,

@@ -35,17 +35,24 @@ def choice_logprobs(model, tokenizer, prompt: str, choices: list[str]) -> list[f
     return scores
 
 
-def probe_accuracy(model, tokenizer, probes: list[dict]) -> dict:
-    """Knowledge-probe accuracy: the model 'knows' a fact when the right choice is the most likely completion."""
+def probe_hits(model, tokenizer, probes: list[dict]) -> list[int]:
+    """1 per probe the model 'knows' (the right choice is its most likely completion), else 0."""
     was_training = model.training
     model.eval()
-    hits: dict[str, list[int]] = defaultdict(list)
+    hits = []
     for p in probes:
         scores = choice_logprobs(model, tokenizer, p["prompt"], p["choices"])
-        ok = int(max(range(len(scores)), key=scores.__getitem__) == p["answer"])
+        hits.append(int(max(range(len(scores)), key=scores.__getitem__) == p["answer"]))
+    model.train(was_training)
+    return hits
+
+
+def probe_accuracy(model, tokenizer, probes: list[dict]) -> dict:
+    """Knowledge-probe accuracy, overall and per split and attribute."""
+    hits: dict[str, list[int]] = defaultdict(list)
+    for p, ok in zip(probes, probe_hits(model, tokenizer, probes)):
         for key in ("all", f"split/{p['split']}", f"attribute/{p['attribute']}"):
             hits[key].append(ok)
-    model.train(was_training)
     return {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())} | {"n": len(probes)}
 
 
