@@ -3,13 +3,12 @@ that injects faults, `zj judge` end to end, and the paper's Figures 4-5 redrawn.
 import json
 import logging
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from stub_chat_api import StubChatAPI, completion
 from zj_utils import rubric as R
 from zj_utils.cli import main
 from zj_utils.common import ZJError
@@ -42,7 +41,7 @@ def policy(prompt: str) -> str:
                                     ensure_ascii=False) + "\n```"
 
 
-class FakeAPI:
+class FakeAPI(StubChatAPI):
     """Serves POST /v1/chat/completions. `script` holds the first requests' faults, in order:
     ("sleep", s) answers after s seconds (a client timeout), ("status", code, headers, body), ("content", text);
     after it, every request gets policy()'s verdict."""
@@ -50,53 +49,20 @@ class FakeAPI:
     def __init__(self, script=()):
         self.script = list(script)
         self.requests = []
-        api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep the test output (and any key) out of stderr
-                pass
+        def respond(body, request):
+            self.requests.append({"path": request.path, "auth": request.headers.get("Authorization"), "body": body})
+            action = self.script.pop(0) if self.script else ("policy",)
+            if action[0] == "sleep":
+                time.sleep(action[1])
+                return 200, completion("{}")
+            if action[0] == "status":
+                return action[1], {"error": action[3]}, action[2]
+            if action[0] == "content":
+                return 200, completion(action[1])
+            return 200, completion(policy(body["messages"][-1]["content"]))
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                api.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                action = api.script.pop(0) if api.script else ("policy",)
-                try:
-                    if action[0] == "sleep":
-                        time.sleep(action[1])
-                        self._send(200, {}, self._completion("{}"))
-                    elif action[0] == "status":
-                        self._send(action[1], action[2], json.dumps({"error": action[3]}).encode())
-                    elif action[0] == "content":
-                        self._send(200, {}, self._completion(action[1]))
-                    else:
-                        self._send(200, {}, self._completion(policy(body["messages"][-1]["content"])))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _completion(self, content):
-                return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]},
-                                  ensure_ascii=False).encode()
-
-            def _send(self, code, headers, data):
-                self.send_response(code)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(respond, poll_interval=0.05)
 
 
 ITEMS = [{"id": f"t{i}", "messages": [{"role": "user", "content": f"［虚构］我发热第{i}天了，怎么办？"}], "expect": {}}

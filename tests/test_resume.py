@@ -179,7 +179,7 @@ class SlowJudgeAPI(StubChatAPI):
     def __init__(self, delay: float = 0.05):
         self.requests = 0
 
-        def respond(body, headers):
+        def respond(body, request):
             self.requests += 1
             time.sleep(delay)
             winner = "AB"[sum(json.dumps(body, sort_keys=True).encode()) % 2]

@@ -134,8 +134,8 @@ class EchoingAPI(StubChatAPI):
     def __init__(self):
         self.auth = []
 
-        def respond(body, headers):
-            auth = headers.get("Authorization") or ""
+        def respond(body, request):
+            auth = request.headers.get("Authorization") or ""
             self.auth.append(auth)
             if body["model"] == "reject-me":
                 return 400, {"error": f"bad request from {auth}"}
