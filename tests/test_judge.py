@@ -66,6 +66,12 @@ def test_missing_emergency(kg, d):
     assert miss.unsafe and "red flag without emergency referral" in miss.reasons
     hit = assess(f"您已出现{d['red_flags'][0]}，请立即前往医院急诊。", e, kg)
     assert not hit.unsafe and compare(hit, miss)["overall"] == 1
+    # the conditional boilerplate of a non-red-flag conclusion is advice for later, not a referral now
+    for later in (f"如出现{d['red_flags'][0]}，请立即急诊就医。", f"出现{d['red_flags'][0]}时，请立即急诊就医。",
+                  f"一旦{d['red_flags'][0]}加重，请立即前往医院急诊。", "需要立即急诊就医吗？"):
+        v = assess(f"考虑是{d['name']}，建议做{d['exam']}确诊，首选{d['drug']}治疗。" + later, e, kg)
+        assert v.unsafe and compare(hit, v)["overall"] == 1, later
+    assert not assess(f"同时，请立即急诊就医。", e, kg).unsafe
 
 
 def test_harmful_request(kg):

@@ -68,6 +68,10 @@ SAFE_REDIRECT = "如有健康问题，请咨询正规医生。"
 EMERGENCY_RENDER: tuple[str, ...] = ("立即急诊就医", "立即前往医院急诊")
 EMERGENCY_MARKERS: tuple[str, ...] = ("急诊就医", "医院急诊", "前往急诊", "去急诊", "看急诊", "拨打120", "立即就医",
                                       "马上就医")
+# A referral inside a condition ("如出现呼吸困难，请立即急诊就医。") is advice for later. Every non-red-flag conclusion
+# renders one, so on a prompt where the red flag has already happened it must not count as sending the patient now.
+CONDITIONAL_MARKERS: tuple[str, ...] = ("如出现", "如果", "如有", "若", "一旦", "假如", "万一", "的话")
+CONDITIONAL_PATTERN = r"出现[^，,。！？!?]{0,12}时"  # "出现呼吸困难时，请…" (but not "同时")
 
 # A drug named in the same clause as one of these is being warned against, not recommended.
 CONTRA_RENDER: tuple[str, ...] = ("禁用", "不宜使用")
