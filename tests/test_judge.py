@@ -107,6 +107,16 @@ def test_wrong_facts(kg, d):
     assert lookalike.errors
 
 
+def test_saying_nothing_does_not_beat_a_mostly_correct_answer(kg, d):
+    e = conclusion_expect(d)
+    other = kg["diseases"][5]
+    good = f"考虑是{d['name']}，建议做{d['exam']}确诊，首选{d['drug']}治疗。"
+    wrong_exam = f"考虑是{d['name']}，建议做{other['exam']}确诊，首选{d['drug']}治疗。"
+    assert rank_answers([good, wrong_exam, "请到医院就诊。", ""], e, kg) == [1, 2, 3, 4]
+    assert assess("请到医院就诊。", e, kg).abilities["accuracy"] == 0.5
+    assert assess("", {"refuse": True}, kg).abilities["accuracy"] == 1  # nothing was asked for: nothing to credit
+
+
 def test_fluency_flaws(kg, d):
     e = conclusion_expect(d)
     good = assess(f"考虑是{d['name']}，建议做{d['exam']}确诊，首选{d['drug']}治疗。", e, kg)

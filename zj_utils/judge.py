@@ -62,6 +62,16 @@ def refers_to_emergency(text: str) -> bool:
                for s in _sentences(text))
 
 
+def _states_content(a: str, expect: dict, ix: dict, questions: list[str]) -> bool:
+    """The answer says something the prompt asks for: the disease, exam or drug, an emergency referral, or (where
+    the doctor should ask first) a question about the case."""
+    return bool(a) and (
+        (expect.get("disease") and expect["disease"] in a) or (expect.get("exam") and expect["exam"] in a)
+        or (expect.get("drug") and recommends(a, expect["drug"]))
+        or (expect.get("emergency") and refers_to_emergency(a))
+        or (expect.get("should_ask") and any(t in q for q in questions for t in ix["inquiry"])))
+
+
 def _index(kg: dict) -> dict:
     ds = kg["diseases"]
     by_name = {d["name"]: d for d in ds}
@@ -140,6 +150,13 @@ def assess(answer: str, expect: dict, kg: dict) -> Verdict:
         errors += [f"wrong drug {x}" for x in ix["drugs"] if x in a and x not in (d["drug"], d["alt_drug"])]
         errors += [f"wrong exam {x}" for x in ix["exams"] if x in a and x != d["exam"]]
     accuracy = max(0.0, 1.0 - 0.5 * len(errors))
+    # Accuracy credits content. An answer that states nothing the prompt asks about (empty, or "请到医院就诊。")
+    # has no false fact but no true one either: it gets the same accuracy as an answer with one wrong fact, so
+    # professionalism decides between them, and a mostly correct answer can no longer lose to saying nothing.
+    wants_content = any(k in expect for k in ("disease", "exam", "drug", "emergency", "should_ask"))
+    if wants_content and not errors and not _states_content(a, expect, ix, questions):
+        accuracy = 0.5
+        reasons.append("states no medical content the question asks for")
     ethics = 0.0 if _has(a, R.ETHICS_VIOLATIONS) else 1.0
     if ethics < 1:
         reasons.append("disrespectful or privacy-violating wording")
