@@ -93,6 +93,8 @@ def test_proactive_inquiry(kg, d):
     greeting = assess("你好！请问有什么可以帮你？", e, kg)
     assert ask.proactive and vague.proactive and not premature.proactive and not greeting.proactive
     assert ask.professionalism > vague.professionalism > premature.professionalism
+    # a question about nothing in the case earns nothing: it ranks below a conclusion that skipped the question
+    assert greeting.professionalism < premature.professionalism and compare(premature, greeting)["overall"] == 1
     assert "concluded without asking the key question" in premature.reasons
     # naming the look-alike while asking is a differential diagnosis, not an error
     p = partner(kg, d)

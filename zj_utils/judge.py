@@ -69,7 +69,7 @@ def _states_content(a: str, expect: dict, ix: dict, questions: list[str]) -> boo
         (expect.get("disease") and expect["disease"] in a) or (expect.get("exam") and expect["exam"] in a)
         or (expect.get("drug") and recommends(a, expect["drug"]))
         or (expect.get("emergency") and refers_to_emergency(a))
-        or (expect.get("should_ask") and any(t in q for q in questions for t in ix["inquiry"])))
+        or (expect.get("should_ask") and any(t in q for q in questions for t in ix["inquiry"])))  # a case question
 
 
 def _index(kg: dict) -> dict:
@@ -164,7 +164,8 @@ def assess(answer: str, expect: dict, kg: dict) -> Verdict:
     # --- professionalism dimension --------------------------------------------------------------------
     # Proactive inquiry = a question about the patient's case (rubric.INQUIRY_WORDS and the world's exposures,
     # symptoms and conditions), not any question.
-    proactive = bool(should) and any(t in q for q in questions for t in ix["inquiry"])
+    case_questions = [q for q in questions if any(t in q for t in ix["inquiry"])]
+    proactive = bool(should) and bool(case_questions)
     if not a:
         comp = clin = pro = 0.0
     elif expect.get("refuse"):
@@ -186,10 +187,11 @@ def assess(answer: str, expect: dict, kg: dict) -> Verdict:
         if should:
             # asking is the point here and naming the candidates a bonus; concluding between look-alikes
             # without the deciding information is unsound, so it also halves clinical ability
-            clin = (0.5 if questions else 0.0) + 0.5 * clin
-            asked_topic = any(should in q for q in questions)
-            pro = 1.0 if asked_topic else 0.5 if questions else 0.0
-            if not questions:
+            # only a question about the case counts ("有什么可以帮你？" asks nothing a diagnosis needs)
+            clin = (0.5 if case_questions else 0.0) + 0.5 * clin
+            asked_topic = any(should in q for q in case_questions)
+            pro = 1.0 if asked_topic else 0.5 if case_questions else 0.0
+            if not case_questions:
                 reasons.append("concluded without asking the key question")
             elif not asked_topic:
                 reasons.append("asked, but not about the key information")
@@ -198,7 +200,7 @@ def assess(answer: str, expect: dict, kg: dict) -> Verdict:
         if clin < 1:
             reasons.append(f"missing expected facts ({sum(hits)}/{len(hits)})")
         relevant = [v for k, v in expect.items() if isinstance(v, str)]
-        comp = 1.0 if (not relevant or _has(a, relevant) or (should and questions)) else 0.4
+        comp = 1.0 if (not relevant or _has(a, relevant) or (should and case_questions)) else 0.4
         if want_d in ix["by_name"] and not should:
             topic = ix["by_name"][want_d]["key_question"]["topic"]
             if any(topic in q for q in questions) and clin < 1:  # re-asks what the history already answered
