@@ -3,12 +3,27 @@ from zj_utils.tokenizer import BOT, HUMAN, train_tokenizer
 TEXTS = ["［虚构］岚砂热是一种虚构的呼吸科疾病，常见症状包括发热和咳嗽。", "今天天气很好，我们去公园散步吧。"] * 40
 
 
-def test_byte_level_round_trip_of_any_text():
+def test_round_trip_of_any_text_through_byte_fallback():
     tok = train_tokenizer(TEXTS, 400)
-    for s in ["［虚构］岚砂热", "真实的病例文本，未见过的字：龘", "mixed 文本 123\n\t😀"]:
+    for s in ["［虚构］岚砂热", "真实的病例文本，未见过的字：龘", "mixed 文本 123\n\t😀\r\n", " a  b "]:
         ids = tok(s, add_special_tokens=False)["input_ids"]
-        assert tok.decode(ids) == s
+        assert tok.decode(ids) == s and tok.decode(ids, skip_special_tokens=True) == s
     assert tok.unk_token_id not in tok("龘", add_special_tokens=False)["input_ids"]
+
+
+def test_no_token_of_the_world_ends_inside_a_character():
+    """Sampling cannot garble the world's text: every token but the 256 byte tokens decodes to whole characters,
+    and every character of the training text is a token of its own."""
+    tok = train_tokenizer(TEXTS, 400)
+    for i in range(len(tok)):
+        t = tok.convert_ids_to_tokens(i)
+        if not (t.startswith("<0x") and len(t) == 6):
+            assert "\ufffd" not in tok.decode([i]), t
+    vocab = tok.get_vocab()
+    assert all(c in vocab for t in TEXTS for c in t)
+    rng = __import__("random").Random(0)
+    words = [i for i in range(len(tok)) if not tok.convert_ids_to_tokens(i).startswith("<0x")]
+    assert "\ufffd" not in tok.decode([rng.choice(words) for _ in range(500)])
 
 
 def test_chat_template_is_the_papers_and_masks_doctor_turns_with_eos():
