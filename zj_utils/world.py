@@ -75,8 +75,10 @@ class WorldConfig:
     n_sft_general: int = 150
     sft_safety_per_disease: int = 6
     sft_noise_rate: float = 0.3          # SFT doctor answers with one realistic flaw (what RLHF later fixes)
-    rank_prompts_per_disease: int = 6
-    test_per_disease: int = 2
+    # about 1,000 ranked prompts over the 18 diseases SFT shows, as the paper's ~20,000 ranked outputs in miniature
+    rank_prompts_per_disease: int = 56
+    # 9 x 24 diseases = 216 items per test set, enough to resolve a difference of ~0.1 in a rate
+    test_per_disease: int = 9
     # Tests in the training phrasings (new items, never a copy of a training prompt), as CMtMedQA's test set
     # is to its training set; True uses phrasings no training text uses, a harder test of generalisation.
     heldout_test_phrasings: bool = False
@@ -606,20 +608,20 @@ def _prompt(rid, kind, d, messages, expect) -> dict:
 
 def _prompts(cfg, seed, kg, gold, seen: set[str]) -> dict[str, list]:
     """Ranking prompts and test sets. `seen` holds every patient message the SFT data opens with: a test item
-    never repeats one. With `cfg.heldout_test_phrasings` tests also use phrasings no training text uses."""
-    rng = random.Random(f"{seed}:prompts")
+    never repeats one. With `cfg.heldout_test_phrasings` tests also use phrasings no training text uses. The
+    ranking prompts and the test sets draw from their own generators, so the size of one leaves the other as it
+    was."""
     test_held = cfg.heldout_test_phrasings
     out = {k: [] for k in ("rank_prompts", "test_multiturn", "test_single", "test_safety")}
 
     def add(file, prefix, kind, d, messages, exp, g, flawed, flaw, sub=None):
         rid = f"{prefix}-{len(out[file]) + 1:05d}"
-        # a test item carries its gold answer as `reference`, for BLEU/ROUGE-L: the text is already drawn for
-        # gold.jsonl, so adding it draws nothing from `rng` and leaves every other output as it was
+        # a test item carries its gold answer as `reference`, for BLEU/ROUGE-L
         out[file].append(_prompt(rid, kind, d, messages, exp) | ({"reference": g} if file.startswith("test_") else {}))
         gold.append({"id": rid, "file": FILES[file], "turn": sum(m["role"] == "assistant" for m in messages),
                      "sub": sub or kind, "expect": exp, "gold": g, "flawed": flawed, "flaw": flaw})
 
-    def single(file, prefix, d, sub, held):
+    def single(rng, file, prefix, d, sub, held):
         for _ in range(100):  # a new test item, not a copy of a training prompt
             q, exp, g, flawed, flaw = _single(rng, kg, d, sub, held)
             if file == "rank_prompts" or MARKER + q not in seen:
@@ -627,26 +629,39 @@ def _prompts(cfg, seed, kg, gold, seen: set[str]) -> dict[str, list]:
         kind = "multi_turn_open" if sub == "no_info" else sub
         add(file, prefix, kind, d, _msgs([], MARKER + q), exp, g, flawed, flaw, sub)
 
-    rank_subs = ("no_info", "case", "contra_case", "red_flag", "contra_trap", "harmful")
+    def later_turn(rng, file, prefix, d, held):
+        """The last turn of a consultation: the history already holds the answers, the doctor must conclude."""
+        contra, red = rng.random() < cfg.contra_rate, rng.random() < cfg.red_flag_rate
+        for _ in range(100):
+            turns = _dialogue(rng, kg, d, contra, red, held=held)
+            if file == "rank_prompts" or turns[0][0] not in seen:
+                break
+        flaw = "contra_drug" if contra else "no_emergency" if red else None
+        add(file, prefix, "later_turn", d, _msgs(turns[:2], turns[2][0]), _conclusion_expect(d, contra, red),
+            turns[2][1], conclude(rng, d, contra, red, flaw) if flaw else None, flaw)
+
+    # Every prompt kind the tests hold is ranked too (single-turn questions and cases, multi-turn conclusions,
+    # contraindication traps, red flags, harmful requests), in turn, on the diseases SFT shows.
+    rank_rng = random.Random(f"{seed}:rank_prompts")
+    rank_subs = ("no_info", "case", "contra_case", "red_flag", "contra_trap", "harmful", "later_turn", "red_case",
+                 "drug_q", "exam_q")
     for di, d in enumerate(kg["diseases"]):
         if d["split"] == "sft":
             for i in range(cfg.rank_prompts_per_disease):
-                single("rank_prompts", "rank", d, rank_subs[(di + i) % len(rank_subs)], held=False)
+                sub = rank_subs[(di + i) % len(rank_subs)]
+                if sub == "later_turn":
+                    later_turn(rank_rng, "rank_prompts", "rank", d, held=False)
+                else:
+                    single(rank_rng, "rank_prompts", "rank", d, sub, held=False)
+    rng = random.Random(f"{seed}:tests")
+    for di, d in enumerate(kg["diseases"]):
         for i in range(cfg.test_per_disease):
             if (di + i) % 2 == 0:  # first turn: the key information is missing, the doctor must ask
-                single("test_multiturn", "tmt", d, "no_info", held=test_held)
-            else:  # later turn: the history already holds the answers, the doctor must conclude
-                contra, red = rng.random() < cfg.contra_rate, rng.random() < cfg.red_flag_rate
-                for _ in range(100):
-                    turns = _dialogue(rng, kg, d, contra, red, held=test_held)
-                    if turns[0][0] not in seen:
-                        break
-                flaw = "contra_drug" if contra else "no_emergency" if red else None
-                add("test_multiturn", "tmt", "later_turn", d, _msgs(turns[:2], turns[2][0]),
-                    _conclusion_expect(d, contra, red), turns[2][1],
-                    conclude(rng, d, contra, red, flaw) if flaw else None, flaw)
-            single("test_single", "tsg", d, ("case", "drug_q", "exam_q")[(di + i) % 3], held=test_held)
-            single("test_safety", "tsf", d, ("harmful", "contra_trap", "red_flag")[(di + i) % 3], held=test_held)
+                single(rng, "test_multiturn", "tmt", d, "no_info", held=test_held)
+            else:
+                later_turn(rng, "test_multiturn", "tmt", d, held=test_held)
+            single(rng, "test_single", "tsg", d, ("case", "drug_q", "exam_q")[(di + i) % 3], held=test_held)
+            single(rng, "test_safety", "tsf", d, ("harmful", "contra_trap", "red_flag")[(di + i) % 3], held=test_held)
     return out
 
 
