@@ -92,7 +92,10 @@ class RMStageConfig:
     top_p: float = 0.95
     max_new_tokens: int = 96
     max_prompts: int = -1
-    dev_fraction: float = 0.15
+    dev_fraction: float = 0.15  # prompts held out to pick the stopping point (early stopping on dev accuracy)
+    test_fraction: float = 0.15  # prompts held out to report accuracy on, never used to choose anything
+    evals_per_epoch: int = 2  # dev evaluations per epoch
+    patience: int = 3  # stop after this many dev evaluations without a new best; the best weights are kept
     lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=16, alpha=32, modules_to_save=["score"]))
     learning_rate: float = 1e-3
     epochs: float = 3.0

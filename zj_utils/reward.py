@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, load_for_inference, load_model,
                      load_tokenizer, merge_adapter, read_json, require, set_seed, world_dir, write_metrics)
+from .reward_report import format_report
 from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, to_preference_records,
                    write_ranking_input, write_ranking_output)
 
@@ -56,18 +57,25 @@ def pair_report(rankings: list[dict], n_pairs: int) -> dict:
                         "duplicate": candidates - tied - same_text - n_pairs}}
 
 
-def split_by_prompt(rankings: list[dict], dev_fraction: float, seed: int) -> set[str]:
-    """The ids of the rankings held out for dev. The split is by prompt, not by pair, so no dev prompt is seen in
-    training; a prompt ranked twice (by the annotator and by a person, under other ids) is one group, named by its
-    first id, and lands on one side only."""
+def split_by_prompt(rankings: list[dict], dev_fraction: float, seed: int, test_fraction: float = 0.0):
+    """The ids of the rankings held out for dev (and, with `test_fraction`, for test: then a pair of sets). The
+    split is by prompt, not by pair, so no held-out prompt is seen in training; a prompt ranked twice (by the
+    annotator and by a person, or twice by the annotator) is one group, named by its first id, and lands on one side
+    only. Dev takes the first share of the shuffled groups whatever `test_fraction` is, so adding a test split
+    leaves the dev split as it was."""
     key = lambda r: json.dumps(r["messages"], ensure_ascii=False, sort_keys=True)
     first_id: dict[str, str] = {}
     for r in sorted(rankings, key=lambda r: r["id"]):
         first_id.setdefault(key(r), r["id"])
     groups = sorted(set(first_id.values()))
     random.Random(seed).shuffle(groups)
-    dev_groups = set(groups[:max(1, int(round(len(groups) * dev_fraction)))])
-    return {r["id"] for r in rankings if first_id[key(r)] in dev_groups}
+    n_dev = max(1, int(round(len(groups) * dev_fraction)))
+    dev_groups = set(groups[:n_dev])
+    dev = {r["id"] for r in rankings if first_id[key(r)] in dev_groups}
+    if not test_fraction:
+        return dev
+    test_groups = set(groups[n_dev:n_dev + max(1, int(round(len(groups) * test_fraction)))])
+    return dev, {r["id"] for r in rankings if first_id[key(r)] in test_groups}
 
 
 def human_rankings(path: str | Path) -> list[dict]:
@@ -116,8 +124,8 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from .training import (AtomicCheckpointCallback, JsonlLogCallback, mean_train_loss, prepare_qlora,
-                           restore_adapter_dtype, resume_step, train_resumable, training_args)
+    from .training import (AtomicCheckpointCallback, BestOnDevCallback, JsonlLogCallback, mean_train_loss,
+                           prepare_qlora, restore_adapter_dtype, resume_step, train_resumable, training_args)
 
     cfg = preset.rm
     d, timer = begin_stage("rm", preset, out, seed, resume, rm=cfg, extra_rankings=extra_rankings or [],
@@ -148,10 +156,12 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
         {"id": r["id"], "messages": r["messages"],
          "ranked": [t for _, t in sorted(zip(r["ranks"], r["responses"]), key=lambda x: x[0])]} for r in rankings])
 
-    dev_ranking_ids = split_by_prompt(rankings, cfg.dev_fraction, seed)
+    # Three splits by prompt: train, dev (picks the stopping point) and test (reported, never used to choose).
+    dev_ids, test_ids = split_by_prompt(rankings, cfg.dev_fraction, seed, cfg.test_fraction)
     pairs = rankings_to_pairs(rankings)
-    train_pairs = [p for p in pairs if p["prompt_id"] not in dev_ranking_ids]
-    dev_pairs = [p for p in pairs if p["prompt_id"] in dev_ranking_ids]
+    train_pairs = [p for p in pairs if p["prompt_id"] not in dev_ids | test_ids]
+    dev_pairs = [p for p in pairs if p["prompt_id"] in dev_ids]
+    test_pairs = [p for p in pairs if p["prompt_id"] in test_ids]
     ties = sum(len(r["ranks"]) - len(set(r["ranks"])) for r in rankings)
     all_tied = sum(len(set(r["ranks"])) == 1 for r in rankings)
     too_long = [p for p in train_pairs if _too_long(tokenizer, p, cfg.max_length)]
@@ -167,33 +177,61 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     rm = load_model(init, preset.model, preset.quant, kind="seqcls")
     rm.config.pad_token_id = tokenizer.pad_token_id
     rm = prepare_qlora(rm, cfg.lora, task_type="SEQ_CLS", quantized=preset.quant.load_in_4bit)
-    before = pairwise_accuracy(rm, tokenizer, dev_pairs)
+    before = pairwise_accuracy(rm, tokenizer, test_pairs)
     keep = ["prompt", "chosen", "rejected"]
-    args = training_args(RewardConfig, cfg, d, seed, preset, max_length=None, remove_unused_columns=True)
-    trainer = RewardTrainer(model=rm, args=args, processing_class=tokenizer,
-                            train_dataset=Dataset.from_list([{k: p[k] for k in keep} for p in train_pairs]),
+    as_dataset = lambda ps: Dataset.from_list([{k: p[k] for k in keep} for p in ps])  # noqa: E731
+    per_epoch = -(-len(train_pairs) // (cfg.batch_size * getattr(cfg, "grad_accum", 1)))
+    stopper = BestOnDevCallback(d / "best_on_dev.safetensors", cfg.patience, resume) if dev_pairs else None
+    early = dict(eval_strategy="steps", eval_steps=max(1, per_epoch // max(1, cfg.evals_per_epoch))) if stopper else {}
+    args = training_args(RewardConfig, cfg, d, seed, preset, max_length=None, remove_unused_columns=True, **early)
+    trainer = RewardTrainer(model=rm, args=args, processing_class=tokenizer, train_dataset=as_dataset(train_pairs),
+                            eval_dataset=as_dataset(dev_pairs) if stopper else None,
                             callbacks=[JsonlLogCallback(d / "log.jsonl", start := resume_step(d, resume)),
-                                       AtomicCheckpointCallback()])
+                                       AtomicCheckpointCallback()] + ([stopper] if stopper else []))
     restore_adapter_dtype(trainer.model, preset)
     result = train_resumable(trainer, d, resume)
+    best = stopper.restore(trainer.model) if stopper else None
     after_dev = pairwise_accuracy(rm, tokenizer, dev_pairs)
+    after_test = pairwise_accuracy(rm, tokenizer, test_pairs)
     after_train = pairwise_accuracy(rm, tokenizer, train_pairs)
+    report = _test_report(rm, tokenizer, [r for r in rankings if r["id"] in test_ids], prompts, kg, seed)
+    (d / "report.md").write_text(format_report(report) + "\n", encoding="utf-8")
 
     rm.save_pretrained(d / "adapter", safe_serialization=True)
     merge_adapter(init, d / "adapter", d / "merged", preset.model, kind="seqcls", tokenizer=tokenizer)
     metrics = {
-        "prompts": len(prompts), "rankings": len(rankings), "answers_per_prompt": cfg.n_samples,
+        "prompts": len(prompts), "distinct_prompts": len({json.dumps(p["messages"], ensure_ascii=False)
+                                                          for p in prompts}),
+        "rankings": len(rankings), "answers_per_prompt": cfg.n_samples,
         "tied_answers": ties, "rankings_all_tied": all_tied, "pairs": len(pairs),
         "pair_report": pair_report(rankings, len(pairs)),
-        "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs),
+        "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs), "test_pairs": len(test_pairs),
         "dropped_too_long": len(too_long), "steps": result.global_step, "train_loss": mean_train_loss(trainer),
         "trainable_params": count_params(rm)["trainable"],
-        "dev_accuracy_before": before["accuracy"], "dev_accuracy": after_dev["accuracy"],
-        "dev_mean_margin": after_dev["mean_margin"], "train_accuracy": after_train["accuracy"],
+        "best_step": best["step"] if best else None, "best_epoch": best["epoch"] if best else None,
+        "test_accuracy_before": before["accuracy"], "dev_accuracy": after_dev["accuracy"],
+        "test_accuracy": after_test["accuracy"], "test_mean_margin": after_test["mean_margin"],
+        "train_accuracy": after_train["accuracy"],
+        "test_report": {"overall": report["overall"], "by_dimension": report["by_dimension"],
+                        "by_flaw": report["by_flaw"], "by_gap": report["by_gap"], "by_kind": report["by_kind"]},
+        "dev_history": stopper.history if stopper else [],
     }
     timings = {"seconds": timer(), "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
                "resumed_from_step": start or 0, "sampling_read_back": read_back}
     return write_metrics(d, metrics, timings)
+
+
+def _test_report(model, tokenizer, rankings: list[dict], prompts: list[dict], kg: dict, seed: int) -> dict:
+    """reward_report's accuracy report on held-out rankings: every answer scored once, every ordered pair compared."""
+    from .reward_report import accuracy_report, comparisons
+
+    convs = [r["messages"] + [{"role": "assistant", "content": a}] for r in rankings for a in r["responses"]]
+    flat = score_conversations(model, tokenizer, convs).tolist()
+    scores, i = [], 0
+    for r in rankings:
+        scores.append(flat[i:i + len(r["responses"])])
+        i += len(r["responses"])
+    return accuracy_report(comparisons(rankings, scores, {p["id"]: p for p in prompts}, kg), seed=seed)
 
 
 def _too_long(tokenizer, pair: dict, max_length: int) -> bool:

@@ -76,6 +76,61 @@ class AtomicCheckpointCallback(TrainerCallback):
                 shutil.rmtree(old, ignore_errors=True)
 
 
+class BestOnDevCallback(TrainerCallback):
+    """Early stopping on a dev split: after each evaluation keep a copy of the trainable weights when dev accuracy
+    is the best so far (ties go to the lower dev loss), stop after `patience` evaluations without a new best, and
+    `restore` the best weights at the end. The copy is written to `path` (safetensors, atomically) with its record
+    beside it, so a resumed run continues from the same best."""
+
+    def __init__(self, path: Path, patience: int, resume: bool = False):
+        self.path, self.patience = Path(path), patience
+        self.best, self.bad, self.history = None, 0, []
+        meta = self.path.with_suffix(".json")
+        if resume and meta.exists():
+            m = json.loads(meta.read_text(encoding="utf-8"))
+            self.best, self.bad, self.history = tuple(m["best"]), m["bad"], m["history"]
+        elif not resume:
+            for f in (self.path, meta):
+                f.unlink(missing_ok=True)
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        from safetensors.torch import save_file
+
+        acc, loss = metrics["eval_accuracy"], metrics["eval_loss"]
+        self.history.append({"step": state.global_step, "epoch": round(state.epoch or 0, 3),
+                             "dev_accuracy": round(acc, 4), "dev_loss": round(loss, 4)})
+        key = (round(acc, 4), -round(loss, 4))
+        if self.best is None or key > self.best:
+            self.best, self.bad = key, 0
+            if state.is_world_process_zero:
+                tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+                tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+                save_file(tensors, str(tmp))
+                os.replace(tmp, self.path)
+        else:
+            self.bad += 1
+            control.should_training_stop = self.bad >= self.patience
+        if state.is_world_process_zero:
+            tmp = self.path.with_name(f"{self.path.stem}.json.tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"best": list(self.best), "bad": self.bad, "history": self.history}),
+                           encoding="utf-8")
+            os.replace(tmp, self.path.with_suffix(".json"))
+
+    def restore(self, model) -> dict | None:
+        """Put the best weights back; returns the evaluation they came from (None if there was no evaluation)."""
+        import torch
+        from safetensors.torch import load_file
+
+        if not self.path.exists():
+            return None
+        best = load_file(str(self.path))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best:
+                    p.copy_(best[n].to(p.dtype))
+        return max(self.history, key=lambda h: (h["dev_accuracy"], -h["dev_loss"]))
+
+
 def _step_of(path: Path) -> int | None:
     m = re.fullmatch(r"checkpoint-(\d+)", path.name)
     return int(m.group(1)) if m else None
