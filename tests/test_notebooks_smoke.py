@@ -30,7 +30,7 @@ def test_every_notebook_runs_and_every_stage_writes_config_and_metrics(smoke_run
         assert (out / stage / "metrics.json").exists(), stage
     saved = json.loads((out / "metrics.json").read_text())
     assert set(saved["stages"]) == set(STAGES)
-    assert saved["headline"]["reward_model_dev_accuracy"] is not None
+    assert saved["headline"]["reward_model_test_accuracy"] is not None
 
 
 @pytest.mark.slow

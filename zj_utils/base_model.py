@@ -60,7 +60,7 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
     from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
-    from .tokenizer import train_tokenizer
+    from .tokenizer import byte_fallback_ids, train_tokenizer
 
     mc = preset.model
     d, timer = begin_stage("base", preset, out, seed, model=mc)
@@ -106,6 +106,11 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_s:.0f}")
     log.close()
 
+    # Every character of the world is a token of its own, so no training text ever holds a byte-fallback token:
+    # the model never learns to produce one, yet at temperature 1 it samples them now and then, and a lone byte
+    # decodes to U+FFFD. The generation config forbids them; every model built on this one inherits it, and PPO
+    # scores its samples under the same mask (ppo.compute_logprobs).
+    model.generation_config.suppress_tokens = byte_fallback_ids(tokenizer)
     model.save_pretrained(d / "model", safe_serialization=True)
     tokenizer.save_pretrained(d / "model")
     tail = losses[-10:]

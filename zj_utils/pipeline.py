@@ -64,7 +64,7 @@ def headline(metrics: dict) -> dict:
         h["probe_accuracy_after_pretrain"] = p["after"]["probes"]["all"]
         h["heldout_ppl_before_after"] = [p["before"]["heldout_ppl"], p["after"]["heldout_ppl"]]
     if "rm" in metrics:
-        h["reward_model_dev_accuracy"] = metrics["rm"]["dev_accuracy"]
+        h["reward_model_test_accuracy"] = metrics["rm"]["test_accuracy"]
     if "ppo" in metrics:
         h["ppo_heldout_score_before_after"] = [metrics["ppo"]["heldout_score_before"], metrics["ppo"]["heldout_score_after"]]
     if "eval" in metrics:

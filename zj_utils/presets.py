@@ -90,6 +90,8 @@ class RMStageConfig:
     n_samples: int = 4  # answers per prompt, ranked with ties (the paper's ranking tool shows 4)
     temperature: float = 1.0
     top_p: float = 0.95
+    # one temperature per candidate (len = n_samples) instead of `temperature` for all: empty = off
+    temperatures: list = field(default_factory=list)
     max_new_tokens: int = 96
     max_prompts: int = -1
     dev_fraction: float = 0.15  # prompts held out to pick the stopping point (early stopping on dev accuracy)

@@ -21,10 +21,18 @@ def sample_and_rank(model, tokenizer, prompts: list[dict], kg: dict, cfg, seed: 
     from .inference import generate_chat
     from .judge import rank_answers
 
-    answers = generate_chat(model, tokenizer, [p["messages"] for p in prompts], cfg.max_new_tokens,
-                            batch_size=max(1, 32 // cfg.n_samples), do_sample=True, temperature=cfg.temperature,
-                            top_p=cfg.top_p, num_return_sequences=cfg.n_samples, seed=seed,
-                            desc="sampling answers to rank")
+    convs = [p["messages"] for p in prompts]
+    if cfg.temperatures:  # one candidate per temperature: variety from the sampler, as InstructGPT's from models
+        if len(cfg.temperatures) != cfg.n_samples:
+            raise ZJError(f"rm.temperatures has {len(cfg.temperatures)} values for rm.n_samples={cfg.n_samples}")
+        per_t = [generate_chat(model, tokenizer, convs, cfg.max_new_tokens, batch_size=32, do_sample=True,
+                               temperature=t, top_p=cfg.top_p, seed=seed + k, desc=f"sampling answers at T={t}")
+                 for k, t in enumerate(cfg.temperatures)]
+        answers = [[a[i][0] for a in per_t] for i in range(len(convs))]
+    else:
+        answers = generate_chat(model, tokenizer, convs, cfg.max_new_tokens, batch_size=max(1, 32 // cfg.n_samples),
+                                do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                                num_return_sequences=cfg.n_samples, seed=seed, desc="sampling answers to rank")
     return [{"id": p["id"], "messages": p["messages"], "responses": resp,
              "ranks": rank_answers(resp, p.get("expect", {}), kg), "annotator": "rule"}
             for p, resp in zip(prompts, answers)]

@@ -73,3 +73,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "right"
     return fast
+
+
+def byte_fallback_ids(tokenizer) -> list[int]:
+    """The ids of the 256 byte-fallback tokens (`<0x00>`...`<0xFF>`) of a tokenizer built by `train_tokenizer`."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[b] for b in BYTE_TOKENS if b in vocab)
