@@ -178,7 +178,8 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
         raise ZJError(f"No training pairs for the reward model: {len(rankings)} rankings, {all_tied} with all answers "
                       "tied. Sample more prompts (rm.max_prompts) or at a higher temperature (rm.temperature).")
 
-    init = str(Path(out) / "pretrain" / "merged")  # the paper trains the reward model from the pre-trained base
+    # the paper trains the reward model from the pre-trained base; "sft" starts it from the SFT model instead
+    init = str(Path(out) / cfg.init_from / "merged")
     # The new score head is drawn at random: seed it here, so that it does not depend on whether this run sampled
     # the answers itself or (resumed) read them back.
     set_seed(seed)
