@@ -9,7 +9,7 @@ import torch
 from zj_utils.ppo import (
     KLController, LOG_KEYS, PPOConfig, Rollout, ValueHead, compute_gae, compute_logprobs,
     compute_rewards, entropy_from_logits, generate_rollouts, kl_penalty, masked_mean,
-    masked_whiten, policy_loss, score_responses, train_ppo, value_loss,
+    masked_whiten, policy_loss, render_prompts, score_responses, train_ppo, value_loss,
 )
 
 
@@ -232,20 +232,29 @@ def test_left_padding_does_not_change_logprobs(tok):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_reward_model_reads_last_real_token(tok):
+def test_reward_model_reads_the_string_it_was_trained_on(tok):
+    """score_responses decodes each response up to its EOS and scores the chat template's rendering of prompt +
+    answer (here ending `</s>\\n`), each sequence as if alone."""
     from transformers import LlamaForSequenceClassification
     torch.manual_seed(1)
     rm = LlamaForSequenceClassification(tiny_config(tok, num_labels=1)).eval()
-    q = [tok(t, add_special_tokens=False)["input_ids"] for t in ["<human>:hi\n<bot>:", "<human>:hello\n<bot>:"]]
+    msgs = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "hello"}]]
+    q = [tok(t, add_special_tokens=False)["input_ids"] for t in render_prompts(tok, msgs)]
     r = [tok("ab</s>", add_special_tokens=False)["input_ids"], tok("c", add_special_tokens=False)["input_ids"]]
     P, R, pad = max(map(len, q)), max(map(len, r)), tok.pad_token_id
     qi = torch.tensor([[pad] * (P - len(x)) + x for x in q])
     ri = torch.tensor([x + [pad] * (R - len(x)) for x in r])
-    ro = Rollout(qi, (qi != pad).long(), ri, (ri != pad).long(), torch.tensor([True, False]), ["", ""])
+    ro = Rollout(qi, (qi != pad).long(), ri, (ri != pad).long(), torch.tensor([True, False]), ["", ""],
+                 messages=msgs)
     got = score_responses(rm, tok, ro)
+    want_texts = ["<human>:hi\n<bot>:ab</s>\n", "<human>:hello\n<bot>:c</s>\n"]
     with torch.no_grad():
-        want = [rm(input_ids=torch.tensor([a + b])).logits[0, 0].item() for a, b in zip(q, r)]
+        want = [rm(input_ids=torch.tensor([tok(t, add_special_tokens=False)["input_ids"]])).logits[0, 0].item()
+                for t in want_texts]
     assert got.tolist() == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ValueError, match="messages"):
+        score_responses(rm, tok, Rollout(qi, (qi != pad).long(), ri, (ri != pad).long(),
+                                         torch.tensor([True, False]), ["", ""]))
 
 
 def _run(tok, tmp_path, steps, seed=0, **kw):

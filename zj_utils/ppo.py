@@ -3,7 +3,8 @@
 One PPO iteration (`ppo_step`) is:
 
 1. rollout      `generate_rollouts`: sample a response for each prompt with the policy;
-2. score        `score_responses`: the frozen reward model reads prompt + response;
+2. score        `score_responses`: the frozen reward model reads `reward.reward_text(prompt, response)`, the
+                input it was trained on;
 3. log-probs    `compute_logprobs`: policy (old) log-probs and values, and the reference
                 log-probs, which are the same network with the LoRA adapter switched off;
 4. rewards      `compute_rewards`: per token -kl_coef * KL(policy || ref), plus the score
@@ -216,8 +217,9 @@ class Rollout:
     response_ids: torch.Tensor   # [B, R] cut after the first EOS, then pad
     response_mask: torch.Tensor  # [B, R] 1 up to and including the first EOS
     has_eos: torch.Tensor        # [B] bool
-    prompts_text: list
+    prompts_text: list           # the rendered prompts (what a `reward_fn` reads)
     gen_seconds: float = 0.0
+    messages: Optional[list] = None  # the prompts as chat message lists (what the reward model's input is built from)
 
     @property
     def input_ids(self):
@@ -261,7 +263,7 @@ def generate_rollouts(policy, tokenizer, prompts: list, cfg: PPOConfig) -> Rollo
     before = torch.cumsum(is_eos.long(), 1) - is_eos.long()
     rmask = (before == 0).long()
     resp = torch.where(rmask.bool(), resp, torch.full_like(resp, pad))
-    return Rollout(q, qm, resp, rmask, is_eos.any(1), texts, gen_s)
+    return Rollout(q, qm, resp, rmask, is_eos.any(1), texts, gen_s, messages=list(prompts))
 
 
 def compute_logprobs(model, input_ids, attention_mask, context_length: int, temperature: float = 1.0,
@@ -283,38 +285,36 @@ def compute_logprobs(model, input_ids, attention_mask, context_length: int, temp
     return logp, entropy, values
 
 
+def response_texts(tokenizer, rollout: Rollout) -> list[str]:
+    """Each response decoded up to, not including, its first EOS, special tokens dropped (as TRL's GRPO and
+    RLOO decode completions): the answer text the reward model's input is built from."""
+    eos = tokenizer.eos_token_id
+    seqs = []
+    for r, m in zip(rollout.response_ids, rollout.response_mask):
+        ids = r[m.bool()].tolist()
+        seqs.append(ids[:-1] if ids and ids[-1] == eos else ids)
+    return tokenizer.batch_decode(seqs, skip_special_tokens=True)
+
+
 @torch.no_grad()
 def score_responses(reward_model, tokenizer, rollout: Rollout, reward_tokenizer=None,
                     reward_fn: Optional[Callable] = None) -> torch.Tensor:
     """Raw reward-model score per sequence [B] (float32, on CPU).
 
-    `reward_fn(prompts_text, responses_text) -> [B]` can stand in for a reward model.
-    Without a reward tokenizer the reward model reads the policy's token ids; otherwise the text
-    is decoded and re-tokenised with the reward tokenizer."""
-    resp_lists = [r[m.bool()].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask)]
+    The reward model reads `reward.reward_text(prompt messages, response text)` in its own tokenizer (the
+    policy's unless `reward_tokenizer` is given): exactly the string it was trained on, so the score is read at
+    the token training read it at. `reward_fn(prompts_text, responses_text) -> [B]` can stand in for a reward
+    model."""
+    from .reward import reward_scores
+
+    texts = response_texts(tokenizer, rollout)
     if reward_fn is not None:
-        texts = tokenizer.batch_decode(resp_lists, skip_special_tokens=True)
         return torch.as_tensor(reward_fn(rollout.prompts_text, texts), dtype=torch.float32).cpu()
-    if reward_tokenizer is None or reward_tokenizer is tokenizer:
-        seqs = [q[m.bool()].tolist() + r for q, m, r in zip(rollout.query_ids, rollout.query_mask, resp_lists)]
-        pad = _pad_id(tokenizer)
-    else:
-        texts = [p + tokenizer.decode(r, skip_special_tokens=False)
-                 for p, r in zip(rollout.prompts_text, resp_lists)]
-        seqs = [reward_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        pad = _pad_id(reward_tokenizer)
-    if reward_model.config.pad_token_id is None:
-        reward_model.config.pad_token_id = pad
-    pad = reward_model.config.pad_token_id
-    L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-    am = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):  # right padding: the model pools at the last non-pad token
-        ids[i, :len(s)] = torch.tensor(s)
-        am[i, :len(s)] = 1
-    dev = _device(reward_model)
-    logits = reward_model(input_ids=ids.to(dev), attention_mask=am.to(dev)).logits
-    return logits[:, 0].float().cpu()
+    if rollout.messages is None:
+        raise ValueError("score_responses needs the rollout's prompts as messages (Rollout.messages) to build "
+                         "the reward model's input")
+    return reward_scores(reward_model, reward_tokenizer or tokenizer, rollout.messages, texts,
+                         batch_size=max(1, len(texts)))
 
 
 def compute_rewards(scores, logp, ref_logp, mask, kl_coef: float, estimator: str = "k1"):
