@@ -116,7 +116,8 @@ def run_ours(args, out: Path) -> None:
                     kl_coef=args.kl_coef, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
                     gamma=1.0, lam=0.95, missing_eos_penalty=-1.0,
                     max_grad_norm=1e9,  # TRL's PPOTrainer loop never clips gradients: no clipping here either
-                    save_every=0)
+                    # TRL's PPOTrainer scores raw (no reward normalisation) and takes no held-out probes
+                    normalize_reward=False, judge_every=0, save_every=0)
     t0 = time.perf_counter()
     train_ppo(policy, tok, rm, prompts, cfg, out.parent / "ours_out", seed=args.seed)
     train_s = time.perf_counter() - t0

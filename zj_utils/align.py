@@ -49,17 +49,17 @@ class AlignConfig:
 
 def make_reward_fn(reward_model, tokenizer, batch_size: int = 16, missing_eos_penalty: float = 0.0):
     """The frozen reward model as a TRL reward function: `reward_fn(prompts, completions, **kw) -> list[float]`.
-    Prompts and completions may be conversational (message lists) or plain strings. With `missing_eos_penalty`,
+    Prompts and completions may be conversational (message lists) or plain strings; either way the reward model
+    reads `reward.reward_text(prompt, completion text)`, the input it was trained on. With `missing_eos_penalty`,
     a completion whose token ids (TRL passes them as `completion_ids`) hold no EOS gets it added, as in our PPO."""
-    from .reward import score_conversations
+    from .reward import reward_scores
 
     def reward_model_score(prompts, completions, completion_ids=None, **kwargs):
-        convs = []
+        convs, answers = [], []
         for p, c in zip(prompts, completions):
-            p = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-            c = [{"role": "assistant", "content": c}] if isinstance(c, str) else list(c)
-            convs.append([{"role": m["role"], "content": m["content"]} for m in p + c])
-        scores = [float(x) for x in score_conversations(reward_model, tokenizer, convs, batch_size)]
+            convs.append([{"role": "user", "content": p}] if isinstance(p, str) else list(p))
+            answers.append(c if isinstance(c, str) else "".join(m["content"] for m in c))
+        scores = [float(x) for x in reward_scores(reward_model, tokenizer, convs, answers, batch_size)]
         if missing_eos_penalty and completion_ids is not None:
             eos = tokenizer.eos_token_id
             scores = [s + (missing_eos_penalty if eos not in list(ids) else 0.0)

@@ -45,6 +45,44 @@ def curves(panels: list[tuple[str | Path, str, str]], title: str = ""):
     return fig
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    p = Path(path)
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()] if p.exists() else []
+
+
+def rm_vs_judge(probe_log: str | Path, title: str = "Reward model vs rule judge on a fixed held-out probe set"):
+    """PPO's judge_probe.jsonl over steps: the reward model's mean score of the policy's greedy answers (left axis)
+    against the rule judge's mean scores of the same answers (right axis), and the judge's unsafe rate. The RM
+    score climbing while the judge's scores stay flat or fall is over-optimisation of the reward model."""
+    rows = read_jsonl(probe_log)
+    steps = [r["step"] for r in rows]
+    fig, (ax, ax_unsafe) = plt.subplots(1, 2, figsize=(10.0, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    ax.plot(steps, [r["rm_score"] for r in rows], color="#2f6db5", lw=2, marker="o", ms=3, label="RM score")
+    ax.set_xlabel("PPO step")
+    ax.set_ylabel("reward-model score", color="#2f6db5")
+    ax.grid(alpha=0.3)
+    judge = ax.twinx()
+    for key, color in (("judge_safety", "#3a9a5b"), ("judge_professionalism", "#d9822b"),
+                       ("judge_fluency", "#8a8a8a")):
+        judge.plot(steps, [r[key] for r in rows], color=color, lw=1.4, ls="--", marker="s", ms=3,
+                   label=key.replace("judge_", "judge: "))
+    judge.set_ylabel("rule-judge score (0-1)")
+    judge.set_ylim(-0.02, 1.02)
+    handles = ax.get_legend_handles_labels()[0] + judge.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, ncol=2, loc="upper center",
+              bbox_to_anchor=(0.5, -0.3))
+    ax.set_title("RM score (left) vs judge scores (right)", fontsize=9)
+    ax_unsafe.plot(steps, [r["judge_unsafe_rate"] for r in rows], color="#c0392b", lw=1.6, marker="o", ms=3)
+    ax_unsafe.set_ylim(-0.02, 1.02)
+    ax_unsafe.set_xlabel("PPO step")
+    ax_unsafe.set_title("rule judge: unsafe-answer rate", fontsize=9)
+    ax_unsafe.grid(alpha=0.3)
+    n = rows[0].get("n") if rows else 0
+    fig.suptitle(f"{title} ({n} prompts)" if rows else f"{title}: no probe rows in {probe_log}", fontsize=10)
+    fig.tight_layout(w_pad=3.0)
+    return fig
+
+
 def bars(values: dict[str, float], title: str, ylabel: str = "", ylim: tuple | None = None, color: str = "#2f6db5"):
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(values), 3.2))
     names = list(values)

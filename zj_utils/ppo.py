@@ -3,7 +3,9 @@
 One PPO iteration (`ppo_step`) is:
 
 1. rollout      `generate_rollouts`: sample a response for each prompt with the policy;
-2. score        `score_responses`: the frozen reward model reads prompt + response;
+2. score        `score_responses`: the frozen reward model reads `reward.reward_text(prompt, response)`, the
+                input it was trained on; `shape_scores` normalises the score (gain and bias fitted once, on the
+                SFT policy's answers, so that those score mean 0, std 1) and adds the missing-EOS penalty;
 3. log-probs    `compute_logprobs`: policy (old) log-probs and values, and the reference
                 log-probs, which are the same network with the LoRA adapter switched off;
 4. rewards      `compute_rewards`: per token -kl_coef * KL(policy || ref), plus the score
@@ -13,15 +15,18 @@ One PPO iteration (`ppo_step`) is:
 
 Shapes: B sequences, P prompt tokens (left-padded), R response tokens (right-padded).
 Every [B, R] tensor comes with `mask` [B, R]: 1 on response tokens up to and including the
-first EOS, 0 on the padding after it.
+first EOS, 0 on the padding after it. Padding is masked with `torch.where` before any exp or sum, so whatever a
+pad position holds (even inf or NaN) changes no loss, statistic or gradient.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,22 +39,27 @@ import torch.nn.functional as F
 @dataclass
 class PPOConfig:
     steps: int = 60                  # PPO iterations (rollout + update)
-    batch_size: int = 16             # prompts per rollout
-    mini_batch_size: int = 8
-    ppo_epochs: int = 2
+    batch_size: int = 16             # prompts per rollout (per process)
+    mini_batch_size: int = 8         # sequences per gradient step
+    ppo_epochs: int = 2              # passes over each rollout batch
     learning_rate: float = 3e-4      # LoRA + value head (1e-4 moved greedy answers too little in 60 steps)
+    weight_decay: float = 0.0        # AdamW's; not its default 0.01, which pulls the LoRA toward 0, i.e. the reference
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"
-    max_new_tokens: int = 48
-    temperature: float = 1.0
+    max_new_tokens: int = 48         # response length cap; a response cut here has no EOS
+    temperature: float = 1.0         # sampling temperature; log-probs are taken of the same tempered softmax
     top_p: float = 1.0
-    kl_coef: float = 0.05
+    normalize_reward: bool = True    # score -> gain * score + bias, so the SFT policy's answers score mean 0, std 1
+                                     # (Ziegler et al. 2019): kl_coef and the penalty then mean the same for any RM
+    norm_samples: int = 64           # answers sampled from the SFT policy (adapter off), on training prompts, to fit it
+    kl_coef: float = 0.05            # beta: per-token KL penalty (the start value when adaptive_kl)
     kl_estimator: str = "k1"         # "k1" or "k3"
-    adaptive_kl: bool = False
-    target_kl: float = 6.0
-    horizon: int = 10000
+    adaptive_kl: bool = False        # adapt beta toward target_kl (Ziegler et al.); False: beta stays kl_coef
+    target_kl: float = 6.0           # adaptive_kl: the per-sequence KL (nats) to hold
+    horizon: int = 0                 # adaptive_kl: samples over which a KL error held at its clip (+-20%) moves beta
+                                     # by e^0.2; 0: a tenth of this run's samples (beta can move e^2 = 7.4x per run)
     gamma: float = 1.0
     lam: float = 0.95
     cliprange: float = 0.2
@@ -57,23 +67,33 @@ class PPOConfig:
     vf_coef: float = 0.1
     max_grad_norm: float = 1.0
     whiten_advantages: bool = True
-    missing_eos_penalty: float = -1.0  # added to the score when the response has no EOS
+    missing_eos_penalty: float = -1.0  # added to the (normalised) score of a response with no EOS: in SFT-score stds
     log_every: int = 1
     save_every: int = 10             # checkpoint every N steps (0: only at the end); resume with resume=True
+    judge_every: int = 10            # every N steps (and at 0 and the end) the RM's and the rule judge's scores of
+                                     # greedy answers to a fixed held-out probe set -> judge_probe.jsonl (0: off)
+    judge_probe_prompts: int = 24    # that probe set's size, an equal share from each test kind
 
 
-LOG_KEYS = ("step", "score", "reward_with_kl", "kl", "kl_coef", "entropy", "policy_clipfrac",
+LOG_KEYS = ("step", "score", "score_normalized", "reward_with_kl", "kl", "kl_coef", "entropy", "policy_clipfrac",
             "approx_kl", "policy_loss", "value_loss", "value_clipfrac", "explained_variance",
             "response_length", "eos_rate", "tokens_per_s", "skipped_batches", "seconds")
 
 
 # --------------------------------------------------------------------------- pure functions
 
+def _keep(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x on the masked-in entries, 0 elsewhere. A select, not `x * mask`: inf * 0 and NaN * 0 are NaN, and so
+    is the gradient that flows back through them."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    x = _keep(x, mask)
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+        return x.sum() / mask.sum().clamp(min=1)
+    return x.sum(dim) / mask.sum(dim).clamp(min=1)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -82,7 +102,8 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise the masked entries to std 1 (and mean 0 if shift_mean); padding is left as is."""
+    """Normalise the masked entries to std 1 (and mean 0 if shift_mean), with mean and std taken over them
+    alone; padding is left as is and changes nothing."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
@@ -90,12 +111,15 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return torch.where(mask.bool(), out, x)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(policy || ref) from the sampled token (Schulman's k1 / k3).
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1",
+               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-token estimate of KL(policy || ref) from the sampled token (Schulman's k1 / k3); 0 where `mask` is 0.
 
     k1 is unbiased but can be negative on a single token; k3 is always >= 0, also unbiased,
     with lower variance while the two distributions are close.
     """
+    if mask is not None:  # before the exp of k3: a pad's extreme log-ratio would overflow to inf
+        logp, ref_logp = _keep(logp, mask), _keep(ref_logp, mask)
     if estimator == "k1":
         return logp - ref_logp
     if estimator == "k3":
@@ -112,8 +136,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     Padding after EOS is zeroed first, so the value after the last real token is 0 (the episode
     ends there) and padding adds nothing.
     """
-    mask = mask.to(values.dtype)
-    rewards, values = rewards * mask, values * mask
+    rewards, values = _keep(rewards, mask), _keep(values, mask)
     T = rewards.shape[1]
     adv = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[:, 0])
@@ -122,13 +145,15 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         delta = rewards[:, t] + gamma * next_v - values[:, t]
         last = delta + gamma * lam * last
         adv[:, t] = last
-    adv = adv * mask
-    return adv, (adv + values) * mask
+    adv = _keep(adv, mask)
+    return adv, _keep(adv + values, mask)
 
 
 def policy_loss(new_logp, old_logp, advantages, mask, cliprange: float):
     """Clipped surrogate: loss, fraction of tokens where clipping was active, approx KL(old||new)."""
-    log_ratio = new_logp - old_logp
+    # masked before the exp: a pad's log-ratio could overflow, and inf * 0 (or its gradient) is NaN
+    log_ratio = _keep(new_logp - old_logp, mask)
+    advantages = _keep(advantages, mask)
     ratio = torch.exp(log_ratio)
     pg1 = -advantages * ratio
     pg2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
@@ -140,6 +165,7 @@ def policy_loss(new_logp, old_logp, advantages, mask, cliprange: float):
 
 def value_loss(new_values, old_values, returns, mask, cliprange_value: float):
     """Clipped value loss (as PPO2): new values may not move more than cliprange_value from old."""
+    new_values, old_values, returns = _keep(new_values, mask), _keep(old_values, mask), _keep(returns, mask)
     clipped = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
     vf1 = (new_values - returns) ** 2
     vf2 = (clipped - returns) ** 2
@@ -158,19 +184,48 @@ def explained_variance(values, returns, mask) -> float:
     return float(1.0 - masked_var(returns - values, mask) / var_ret) if var_ret > 0 else float("nan")
 
 
+def fit_reward_norm(scores: torch.Tensor) -> tuple[float, float]:
+    """(gain, bias) with gain * scores + bias of mean 0 and (population) std 1. Scores that are all equal
+    carry no scale: then only the mean is removed."""
+    scores = scores.double()
+    mean, std = float(scores.mean()), float(scores.std(unbiased=False))
+    if not std > 1e-6:
+        warnings.warn(f"reward normalisation: the {len(scores)} SFT answers all score {mean:.4g}; only the mean "
+                      "is removed", stacklevel=2)
+        return 1.0, -mean
+    return 1.0 / std, -mean / std
+
+
+def shape_scores(raw: torch.Tensor, has_eos: torch.Tensor, gain: float = 1.0, bias: float = 0.0,
+                 missing_eos_penalty: float = 0.0) -> torch.Tensor:
+    """The score PPO maximises: the normalised reward-model score, then the missing-EOS penalty on responses
+    that were cut at max_new_tokens (after normalisation, so it is in units of the SFT answers' score std)."""
+    return gain * raw + bias + missing_eos_penalty * (~has_eos.bool()).to(raw.dtype)
+
+
 class KLController:
-    """Fixed KL coefficient, or the adaptive one of Ziegler et al. (2019):
-    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+    """Fixed KL coefficient, or the adaptive one of Ziegler et al. (2019) in its exponential form:
+    beta <- beta * exp(clip(KL / target - 1, -0.2, 0.2) * n_samples / horizon).
+    (Their 1 + x is its first order; the exponential stays positive when a step's n_samples / horizon is large.)
+    A KL held far from target moves beta by e^(+-0.2 N / horizon) over N samples, so the horizon must be
+    counted in the samples of the run: Ziegler's 10000 moves beta by 2% over a 960-sample run."""
 
     def __init__(self, init_kl_coef: float, adaptive: bool = False,
                  target: float = 6.0, horizon: int = 10000):
+        if adaptive and (target <= 0 or horizon <= 0):
+            raise ValueError(f"adaptive KL needs target_kl > 0 and horizon > 0 (got {target}, {horizon})")
         self.value, self.adaptive, self.target, self.horizon = init_kl_coef, adaptive, target, horizon
 
     def update(self, current_kl: float, n_steps: int) -> None:
         if not self.adaptive:
             return
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.value *= math.exp(error * n_steps / self.horizon)
+
+
+def kl_horizon(cfg: PPOConfig, world: int = 1) -> int:
+    """The adaptive controller's horizon in samples: cfg.horizon, or with 0 a tenth of the run's samples."""
+    return cfg.horizon or max(1, cfg.steps * cfg.batch_size * world // 10)
 
 
 # --------------------------------------------------------------------------- model pieces
@@ -216,8 +271,9 @@ class Rollout:
     response_ids: torch.Tensor   # [B, R] cut after the first EOS, then pad
     response_mask: torch.Tensor  # [B, R] 1 up to and including the first EOS
     has_eos: torch.Tensor        # [B] bool
-    prompts_text: list
+    prompts_text: list           # the rendered prompts (what a `reward_fn` reads)
     gen_seconds: float = 0.0
+    messages: Optional[list] = None  # the prompts as chat message lists (what the reward model's input is built from)
 
     @property
     def input_ids(self):
@@ -261,26 +317,43 @@ def generate_rollouts(policy, tokenizer, prompts: list, cfg: PPOConfig) -> Rollo
     before = torch.cumsum(is_eos.long(), 1) - is_eos.long()
     rmask = (before == 0).long()
     resp = torch.where(rmask.bool(), resp, torch.full_like(resp, pad))
-    return Rollout(q, qm, resp, rmask, is_eos.any(1), texts, gen_s)
+    return Rollout(q, qm, resp, rmask, is_eos.any(1), texts, gen_s, messages=list(prompts))
 
 
 def compute_logprobs(model, input_ids, attention_mask, context_length: int, temperature: float = 1.0,
                      value_head: Optional[ValueHead] = None):
-    """Log-probs of the response tokens (those from `context_length` on), entropy per token and,
-    with a value head, V at the state before each response token. Returns (logp, entropy, values)."""
+    """Log-probs of the response tokens (those from `context_length` on) under softmax(logits / temperature),
+    entropy per token and, with a value head, V at the state before each response token; all three are 0 on
+    response positions the attention mask leaves out (padding). Returns (logp, entropy, values)."""
     # positions follow the attention mask, as in generate(), so left padding changes nothing
     pos = (attention_mask.cumsum(1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                 output_hidden_states=value_head is not None, use_cache=False)
     # the state at t predicts token t+1: response token j comes from position context_length-1+j
+    valid = attention_mask[:, context_length:].bool()
     logits = out.logits[:, context_length - 1:-1].float() / temperature
+    # padding's logits are zeroed before the softmax, or a NaN there would give NaN gradients even when masked
+    # later; in place on the scaled copy, so no [B, R, V] tensor more than before (a division's backward needs
+    # neither its input nor its output)
+    logits.masked_fill_(~valid.unsqueeze(-1), 0.0)
     targets = input_ids[:, context_length:]
     logp = torch.gather(F.log_softmax(logits, -1), 2, targets.unsqueeze(-1)).squeeze(-1)
     entropy = entropy_from_logits(logits)
     values = None
     if value_head is not None:
-        values = value_head(out.hidden_states[-1][:, context_length - 1:-1])
-    return logp, entropy, values
+        values = _keep(value_head(out.hidden_states[-1][:, context_length - 1:-1]), valid)
+    return _keep(logp, valid), _keep(entropy, valid), values
+
+
+def response_texts(tokenizer, rollout: Rollout) -> list[str]:
+    """Each response decoded up to, not including, its first EOS, special tokens dropped (as TRL's GRPO and
+    RLOO decode completions): the answer text the reward model's input is built from."""
+    eos = tokenizer.eos_token_id
+    seqs = []
+    for r, m in zip(rollout.response_ids, rollout.response_mask):
+        ids = r[m.bool()].tolist()
+        seqs.append(ids[:-1] if ids and ids[-1] == eos else ids)
+    return tokenizer.batch_decode(seqs, skip_special_tokens=True)
 
 
 @torch.no_grad()
@@ -288,40 +361,26 @@ def score_responses(reward_model, tokenizer, rollout: Rollout, reward_tokenizer=
                     reward_fn: Optional[Callable] = None) -> torch.Tensor:
     """Raw reward-model score per sequence [B] (float32, on CPU).
 
-    `reward_fn(prompts_text, responses_text) -> [B]` can stand in for a reward model.
-    Without a reward tokenizer the reward model reads the policy's token ids; otherwise the text
-    is decoded and re-tokenised with the reward tokenizer."""
-    resp_lists = [r[m.bool()].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask)]
+    The reward model reads `reward.reward_text(prompt messages, response text)` in its own tokenizer (the
+    policy's unless `reward_tokenizer` is given): exactly the string it was trained on, so the score is read at
+    the token training read it at. `reward_fn(prompts_text, responses_text) -> [B]` can stand in for a reward
+    model."""
+    from .reward import reward_scores
+
+    texts = response_texts(tokenizer, rollout)
     if reward_fn is not None:
-        texts = tokenizer.batch_decode(resp_lists, skip_special_tokens=True)
         return torch.as_tensor(reward_fn(rollout.prompts_text, texts), dtype=torch.float32).cpu()
-    if reward_tokenizer is None or reward_tokenizer is tokenizer:
-        seqs = [q[m.bool()].tolist() + r for q, m, r in zip(rollout.query_ids, rollout.query_mask, resp_lists)]
-        pad = _pad_id(tokenizer)
-    else:
-        texts = [p + tokenizer.decode(r, skip_special_tokens=False)
-                 for p, r in zip(rollout.prompts_text, resp_lists)]
-        seqs = [reward_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        pad = _pad_id(reward_tokenizer)
-    if reward_model.config.pad_token_id is None:
-        reward_model.config.pad_token_id = pad
-    pad = reward_model.config.pad_token_id
-    L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-    am = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):  # right padding: the model pools at the last non-pad token
-        ids[i, :len(s)] = torch.tensor(s)
-        am[i, :len(s)] = 1
-    dev = _device(reward_model)
-    logits = reward_model(input_ids=ids.to(dev), attention_mask=am.to(dev)).logits
-    return logits[:, 0].float().cpu()
+    if rollout.messages is None:
+        raise ValueError("score_responses needs the rollout's prompts as messages (Rollout.messages) to build "
+                         "the reward model's input")
+    return reward_scores(reward_model, reward_tokenizer or tokenizer, rollout.messages, texts,
+                         batch_size=max(1, len(texts)))
 
 
 def compute_rewards(scores, logp, ref_logp, mask, kl_coef: float, estimator: str = "k1"):
     """Per-token rewards [B, R]: -kl_coef * KL on every response token, plus the score on the
     last one. Returns (rewards, kl)."""
-    mask = mask.to(logp.dtype)
-    kl = kl_penalty(logp, ref_logp, estimator) * mask
+    kl = kl_penalty(logp, ref_logp, estimator, mask)
     rewards = -kl_coef * kl
     last = mask.sum(1).long() - 1
     rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
@@ -332,8 +391,9 @@ def compute_rewards(scores, logp, ref_logp, mask, kl_coef: float, estimator: str
 
 def ppo_step(policy, value_head, optimizer, tokenizer, reward_model, prompts, cfg: PPOConfig,
              kl_ctl: KLController, generator: torch.Generator, reward_tokenizer=None,
-             reward_fn=None) -> dict:
-    """One rollout + update on `prompts` (a batch of chat message lists); returns the step stats."""
+             reward_fn=None, reward_norm: tuple[float, float] = (1.0, 0.0)) -> dict:
+    """One rollout + update on `prompts` (a batch of chat message lists); returns the step stats.
+    `reward_norm` = (gain, bias) of the score normalisation (see `fit_reward_norm`)."""
     t0 = time.perf_counter()
     dev = _device(policy)
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
@@ -341,7 +401,9 @@ def ppo_step(policy, value_head, optimizer, tokenizer, reward_model, prompts, cf
     # 1-2. rollout and score
     ro = generate_rollouts(policy, tokenizer, prompts, cfg)
     raw = score_responses(reward_model, tokenizer, ro, reward_tokenizer, reward_fn)
-    scores = raw + cfg.missing_eos_penalty * (~ro.has_eos).float()
+    gain, bias = reward_norm
+    normed = gain * raw + bias
+    scores = shape_scores(raw, ro.has_eos, gain, bias, cfg.missing_eos_penalty)
 
     # 3. old log-probs/values and reference log-probs, all without gradients
     ids, am, P = ro.input_ids.to(dev), ro.attention_mask.to(dev), ro.query_ids.shape[1]
@@ -406,6 +468,7 @@ def ppo_step(policy, value_head, optimizer, tokenizer, reward_model, prompts, cf
     return {
         "score": float(raw.mean()),
         "score_std": float(raw.std()) if B > 1 else 0.0,
+        "score_normalized": float(normed.mean()),
         "reward_with_kl": float(rewards.sum(1).mean()),
         "kl": float(seq_kl.mean()),
         "kl_coef": kl_ctl_value,
@@ -420,14 +483,48 @@ def ppo_step(policy, value_head, optimizer, tokenizer, reward_model, prompts, cf
     }
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- reward normalisation
+
+@torch.no_grad()
+def sample_reward_norm(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, seed: int = 0,
+                       reward_tokenizer=None, reward_fn=None) -> tuple[float, float]:
+    """(gain, bias) fitted on `cfg.norm_samples` answers of the start policy (the adapter switched off: the SFT
+    model) to training prompts in a seeded order of their own. With several processes each samples its share
+    and the moments are summed over all, so every rank gets the same gain and bias."""
+    rank, world = _dist()
+    if cfg.norm_samples < 2:
+        raise ValueError(f"ppo.norm_samples must be at least 2 to fit a scale (got {cfg.norm_samples})")
+    order = list(range(len(prompts)))
+    random.Random(f"reward-norm-{seed}").shuffle(order)
+    picks = [prompts[order[i % len(order)]] for i in range(cfg.norm_samples)][rank::world]
+    raws = []
+    with policy.disable_adapter():
+        for i in range(0, len(picks), cfg.batch_size):
+            ro = generate_rollouts(policy, tokenizer, picks[i:i + cfg.batch_size], cfg)
+            raws.append(score_responses(reward_model, tokenizer, ro, reward_tokenizer, reward_fn))
+    raw = torch.cat(raws).double() if raws else torch.zeros(0, dtype=torch.float64)
+    if world == 1:
+        return fit_reward_norm(raw)
+    m = torch.tensor([len(raw), float(raw.sum()), float((raw ** 2).sum())], dtype=torch.float64,
+                     device=_device(policy))
+    torch.distributed.all_reduce(m)
+    n, total, squares = m.tolist()
+    mean = total / n
+    std = math.sqrt(max(squares / n - mean ** 2, 0.0))
+    return fit_reward_norm(torch.tensor([mean - std, mean + std]))  # the same mean and population std
+
 
 # --------------------------------------------------------------------------- checkpoints
 
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
 def save_checkpoint(out_dir: Path, step: int, policy, value_head, optimizer, kl_ctl, state: dict) -> Path:
-    """Everything a resumed run needs to continue exactly: adapter, value head, optimizer, KL coefficient, the
-    prompt order and every RNG. Written to its own folder first; only then does `latest.json` point at it, so
-    a run killed mid-write resumes from the previous complete checkpoint."""
+    """Everything a resumed run needs to continue exactly: adapter, value head, optimizer, KL coefficient, reward
+    normalisation, the prompt order and every RNG (CPU, CUDA, the minibatch generator, Python's). Written to its
+    own folder first; only then does `latest.json` point at it, so a run killed mid-write resumes from the
+    previous complete checkpoint."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -442,8 +539,11 @@ def save_checkpoint(out_dir: Path, step: int, policy, value_head, optimizer, kl_
               str(tmp / "adapter.safetensors"))
     save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
               str(tmp / "value_head.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "generator": state.pop("generator").get_state()}, tmp / "optimizer_and_rng.pt")
+    blob = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "generator": state.pop("generator").get_state()}
+    if _cuda_devices():  # generate() samples on the GPU from the CUDA generators
+        blob["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save(blob, tmp / "optimizer_and_rng.pt")
     write_json(tmp / "state.json", state | {"step": step, "kl_coef": kl_ctl.value})
     if ckpt.exists():
         shutil.rmtree(ckpt)
@@ -472,6 +572,13 @@ def load_checkpoint(out_dir: Path, policy, value_head, optimizer, kl_ctl, genera
     optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     generator.set_state(blob["generator"])
+    devices = _cuda_devices()
+    saved = blob.get("cuda_rng") or []
+    if devices and len(saved) != len(devices):
+        warnings.warn(f"{ckpt.name} holds the RNG of {len(saved)} CUDA device(s), this machine has {len(devices)}: "
+                      "the resumed run samples differently from an uninterrupted one", stacklevel=2)
+    for i, st in zip(devices, saved):
+        torch.cuda.set_rng_state(st, i)
     state = read_json(ckpt / "state.json")
     kl_ctl.value = state["kl_coef"]
     return state
@@ -481,13 +588,18 @@ def load_checkpoint(out_dir: Path, policy, value_head, optimizer, kl_ctl, genera
 
 def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, out_dir, seed: int = 0,
               reward_tokenizer=None, callback: Optional[Callable] = None,
-              reward_fn: Optional[Callable] = None, resume: bool = False) -> dict:
+              reward_fn: Optional[Callable] = None, resume: bool = False,
+              probe: Optional[Callable] = None) -> dict:
     """PPO on a `peft.PeftModel` policy (its LoRA adapter and a new value head are trained;
     with the adapter disabled it is the frozen reference). `reward_model` is a frozen
     sequence-classification model with one label, or None with `reward_fn` given instead.
     Writes out_dir/ppo_log.jsonl, out_dir/adapter/ and out_dir/value_head.safetensors, and a checkpoint every
     `cfg.save_every` steps; with `resume=True` it continues from the last complete one, and the log and the
-    final weights are the same as those of an uninterrupted run."""
+    final weights are the same as those of an uninterrupted run.
+
+    `probe(policy) -> dict`, if given, is called before training, every `cfg.judge_every` steps and at the end;
+    its rows go to out_dir/judge_probe.jsonl. It only observes: it runs on a fork of the RNGs, and nothing in
+    training reads it."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -507,28 +619,53 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
     hidden = policy.get_base_model().config.get_text_config().hidden_size
     value_head = ValueHead(hidden).to(_device(policy))
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
-    kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    horizon = kl_horizon(cfg, world)
+    kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, horizon)
+    probing = probe is not None and main and cfg.judge_every > 0
 
-    log_path = out_dir / "ppo_log.jsonl"
-    history, total_skipped, t_start = [], 0, time.perf_counter()
+    log_path, probe_path = out_dir / "ppo_log.jsonl", out_dir / "judge_probe.jsonl"
+    history, probe_rows, total_skipped, t_start = [], [], 0, time.perf_counter()
     order: list = []
     if not resume and main:  # a fresh run must not leave an older run's checkpoints for a later --resume to pick up
         (out_dir / "latest.json").unlink(missing_ok=True)
+        probe_path.unlink(missing_ok=True)
         for old in out_dir.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
     state = load_checkpoint(out_dir, policy, value_head, optimizer, kl_ctl, gen) if resume else None
     first = 1
+    norm = (1.0, 0.0)
     if state is not None:
         history, order, first = state["history"], state["order"], state["step"] + 1
+        probe_rows = state.get("probe_history", [])
         total_skipped = sum(r["skipped_batches"] for r in history)
         version, internal, gauss = state["python_rng"]
         rng.setstate((version, tuple(internal), gauss))
+        if cfg.normalize_reward:  # never refitted: new samples would give another gain and bias mid-run
+            if "reward_norm" not in state:
+                raise ValueError(f"{out_dir}: the checkpoint holds no reward normalisation; resume it with "
+                                 "normalize_reward=False, or start the run again")
+            norm = tuple(state["reward_norm"])
+    elif cfg.normalize_reward:
+        norm = sample_reward_norm(policy, tokenizer, reward_model, prompts, cfg, seed, reward_tokenizer, reward_fn)
+
+    def run_probe(step: int) -> None:
+        with torch.random.fork_rng(devices=_cuda_devices()):
+            row = {"step": step, **probe(policy)}
+        probe_rows.append(row)
+        probe_log.write(json.dumps(row) + "\n")
+        probe_log.flush()
+
     with open(log_path if main else os.devnull, "w") as log, \
+            open(probe_path if probing else os.devnull, "w") as probe_log, \
             tqdm(range(first, cfg.steps + 1), desc="ppo", initial=first - 1, total=cfg.steps, disable=not main) as bar:
         for row in history:  # the resumed log starts with the steps the checkpoint holds
             if row["step"] % cfg.log_every == 0:
                 log.write(json.dumps(row) + "\n")
+        for row in probe_rows:
+            probe_log.write(json.dumps(row) + "\n")
+        if probing and state is None:
+            run_probe(0)  # the SFT policy: the adapter starts at zero
         for step in bar:
             batch = []
             while len(batch) < cfg.batch_size * world:  # walk through shuffled epochs of the prompts
@@ -538,20 +675,29 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
                 batch.append(prompts[order.pop()])
             batch = batch[rank::world]  # batch_size is per process, as a Trainer's per-device batch
             stats = {"step": step, **ppo_step(policy, value_head, optimizer, tokenizer, reward_model,
-                                              batch, cfg, kl_ctl, gen, reward_tokenizer, reward_fn)}
+                                              batch, cfg, kl_ctl, gen, reward_tokenizer, reward_fn, norm)}
             total_skipped += stats["skipped_batches"]
             history.append(stats)
+            if stats["skipped_batches"] and main:
+                warnings.warn(f"PPO step {step}: {stats['skipped_batches']} minibatch update(s) skipped for a "
+                              "non-finite loss or gradient norm", RuntimeWarning, stacklevel=2)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 log.write(json.dumps(stats) + "\n")
                 log.flush()
             bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
+            if probing and (step % cfg.judge_every == 0 or step == cfg.steps):
+                run_probe(step)
             if main and cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 save_checkpoint(out_dir, step, policy, value_head, optimizer, kl_ctl,
                                 {"history": history, "order": order, "python_rng": rng.getstate(),
-                                 "generator": gen})
+                                 "generator": gen, "reward_norm": list(norm), "probe_history": probe_rows})
             if callback is not None:
                 callback(step, stats)
 
+    if total_skipped and main:
+        n_updates = cfg.ppo_epochs * -(-cfg.batch_size // cfg.mini_batch_size) * len(history)
+        warnings.warn(f"PPO: {total_skipped} of {n_updates} minibatch updates were skipped (non-finite loss or "
+                      f"gradient); see skipped_batches in {log_path}", RuntimeWarning, stacklevel=2)
     if main:
         policy.save_pretrained(str(out_dir / "adapter"))
         save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
@@ -570,8 +716,12 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
         "reward_with_kl_last5": avg("reward_with_kl", history[-k:]),
         "response_length_last5": avg("response_length", history[-k:]),
         "eos_rate_last5": avg("eos_rate", history[-k:]),
+        "reward_norm_gain": norm[0],
+        "reward_norm_bias": norm[1],
+        "kl_horizon": horizon,
         "final_kl_coef": kl_ctl.value,
         "skipped_batches": total_skipped,
+        "judge_probe": {"first": probe_rows[0], "last": probe_rows[-1]} if probe_rows else None,
         "total_seconds": time.perf_counter() - t_start,
         "config": asdict(cfg),
     }
@@ -579,10 +729,58 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
 
 # --------------------------------------------------------------------------- the pipeline stage
 
+TEST_KINDS = ("test_single", "test_safety", "test_multiturn")
+
+
+def heldout_subset(world: Path, n: int, seed: int = 0) -> tuple[list[dict], dict]:
+    """A fixed, stratified pick of about n held-out test items: the first ceil(n / 3) of each test kind in a
+    seeded shuffle (all of a kind that holds fewer). The pick's seed is its own, not the run's, so runs of every
+    seed score the same prompts, and a smaller pick is a prefix of a larger one. Returns (items, count per kind)."""
+    from .data import load_jsonl
+
+    per = -(-n // len(TEST_KINDS))
+    items, counts = [], {}
+    for name in TEST_KINDS:
+        recs = load_jsonl(Path(world) / f"{name}.jsonl")
+        random.Random(f"heldout-{name}-{seed}").shuffle(recs)
+        items += recs[:per]
+        counts[name] = len(recs[:per])
+    return items, counts
+
+
+def judge_probe_fn(reward_model, tokenizer, items: list[dict], kg: dict, max_new_tokens: int, batch_size: int):
+    """The probe `train_ppo` logs: greedy answers of the policy to `items`, their mean reward-model score and the
+    rule judge's mean safety / professionalism / fluency and unsafe rate. RM score rising while the judge's
+    scores fall is over-optimisation of the reward model."""
+    from .inference import generate_chat
+    from .judge import assess
+    from .reward import score_conversations
+
+    convs = [it["messages"] for it in items]
+
+    def probe(policy) -> dict:
+        answers = [a[0] for a in generate_chat(policy, tokenizer, convs, max_new_tokens, batch_size=batch_size)]
+        rm = score_conversations(reward_model, tokenizer,
+                                 [c + [{"role": "assistant", "content": a}] for c, a in zip(convs, answers)])
+        verdicts = [assess(a, it.get("expect", {}), kg) for a, it in zip(answers, items)]
+        mean = lambda xs: round(sum(xs) / len(xs), 4)
+        return {"rm_score": round(rm.mean().item(), 4),
+                "judge_safety": mean([v.safety for v in verdicts]),
+                "judge_professionalism": mean([v.professionalism for v in verdicts]),
+                "judge_fluency": mean([v.fluency for v in verdicts]),
+                "judge_unsafe_rate": mean([float(v.unsafe) for v in verdicts]),
+                "n": len(items)}
+
+    return probe
+
+
 def run_ppo(preset, out, seed: int = 0, resume: bool = False) -> dict:
     """Stage 4: PPO on the SFT model (QLoRA: nf4 base + a fresh LoRA adapter) against the reward model, on the
-    ranking prompts; held-out prompts (the test sets) are scored before and after with greedy answers."""
-    from .common import begin_stage, load_model, load_tokenizer, merge_adapter, require, world_dir, write_metrics
+    ranking prompts; held-out prompts (a stratified pick of the three test sets) are scored before and after
+    with greedy answers, and a smaller pick is judged by both the reward model and the rule judge during training
+    (judge_probe.jsonl)."""
+    from .common import (begin_stage, load_model, load_tokenizer, merge_adapter, read_json, require, world_dir,
+                         write_metrics)
     from .data import load_jsonl
     from .inference import generate_chat
     from .presets import LoraSpec
@@ -597,14 +795,17 @@ def run_ppo(preset, out, seed: int = 0, resume: bool = False) -> dict:
         d, timer = begin_stage("ppo", preset, out, seed, resume, ppo=cfg, model=preset.model, quant=preset.quant)
     world = world_dir(out)
     prompts = [r["messages"] for r in load_jsonl(world / "rank_prompts.jsonl")]
-    all_heldout = [r["messages"] for name in ("test_single", "test_safety", "test_multiturn")
-                   for r in load_jsonl(world / f"{name}.jsonl")]
-    heldout = all_heldout[:max(cfg.batch_size * 4, 32)]
+    n_heldout = sum(len(load_jsonl(world / f"{name}.jsonl")) for name in TEST_KINDS)
+    heldout_items, heldout_counts = heldout_subset(world, max(cfg.batch_size * 4, 32))
+    heldout = [it["messages"] for it in heldout_items]
     sft_path = str(require(Path(out) / "sft" / "merged", "The SFT model", "Run `zj sft` first, with the same --out."))
     tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
     reward_model = load_reward_model(out, preset)
     lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
     policy = prepare_qlora(load_model(sft_path, preset.model, preset.quant), lora, quantized=preset.quant.load_in_4bit)
+    probe_items, _ = heldout_subset(world, cfg.judge_probe_prompts)
+    probe = judge_probe_fn(reward_model, tokenizer, probe_items, read_json(world / "world.json"), cfg.max_new_tokens,
+                           cfg.batch_size) if cfg.judge_every > 0 else None
 
     def heldout_score() -> float:
         answers = generate_chat(policy, tokenizer, heldout, cfg.max_new_tokens, batch_size=cfg.batch_size)
@@ -612,13 +813,14 @@ def run_ppo(preset, out, seed: int = 0, resume: bool = False) -> dict:
         return round(score_conversations(reward_model, tokenizer, convs).mean().item(), 4)
 
     before = heldout_score()  # the adapter starts at zero: this is the SFT model
-    summary = train_ppo(policy, tokenizer, reward_model, prompts, cfg, d, seed, resume=resume)
+    summary = train_ppo(policy, tokenizer, reward_model, prompts, cfg, d, seed, resume=resume, probe=probe)
     after = heldout_score()
     if state.is_main_process:
         merge_adapter(sft_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {k: v for k, v in summary.items() if k not in ("config", "total_seconds")} | {
-        "prompts": len(prompts), "heldout_prompts": len(heldout),
-        "heldout_prompts_not_scored": len(all_heldout) - len(heldout),  # a cap on the cost of scoring
+        "prompts": len(prompts), "heldout_prompts": len(heldout), "heldout_prompts_per_kind": heldout_counts,
+        "heldout_prompts_not_scored": n_heldout - len(heldout),  # a cap on the cost of scoring
+        "judge_probe_prompts": len(probe_items) if probe else 0,
         "heldout_score_before": before, "heldout_score_after": after}
     # wall-clock times apart, so that metrics.json is the same bytes for the same preset and seed
     timings = {"seconds": timer(), "train_seconds": round(summary["total_seconds"], 2)}

@@ -100,20 +100,80 @@ def human_rankings(path: str | Path) -> list[dict]:
     return recs
 
 
-def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16):
-    """Reward-model score of each full conversation (its last turn is the answer being judged)."""
+def reward_text(tokenizer, messages: list[dict], answer: str) -> str:
+    """The one string the reward model reads for `answer` to the chat `messages`: the whole conversation in the
+    chat template, the answer as its last (assistant) turn. Reward-model training, PPO, GRPO/RLOO and evaluation
+    all build their input here, so the score is read at the token the model was trained to score at (for a
+    ChatML template that is the `\\n` after `<|im_end|>`, not the EOS a policy stops on)."""
+    conv = [{"role": m["role"], "content": m["content"]} for m in messages]
+    # stripped as generate_chat strips the answers the reward model is trained on
+    return tokenizer.apply_chat_template(conv + [{"role": "assistant", "content": answer.strip()}], tokenize=False)
+
+
+def reward_ids(tokenizer, messages: list[dict], answer: str) -> list[int]:
+    # the template holds BOS where the model wants it: no special tokens added on top
+    return tokenizer(reward_text(tokenizer, messages, answer), add_special_tokens=False)["input_ids"]
+
+
+def reward_inputs(tokenizer, conversations: list[list[dict]], answers: list[str], pad_id: int | None = None) -> dict:
+    """`reward_ids` of each (conversation, answer), right-padded (the score is pooled at the last non-pad token,
+    and right padding leaves every real token's position as in the unpadded text): input_ids, attention_mask."""
+    import torch
+
+    if len(conversations) != len(answers):
+        raise ValueError(f"{len(conversations)} conversations but {len(answers)} answers")
+    if pad_id is None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    seqs = [reward_ids(tokenizer, c, a) for c, a in zip(conversations, answers)]
+    width = max(map(len, seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def reward_scores(model, tokenizer, conversations: list[list[dict]], answers: list[str], batch_size: int = 16):
+    """Reward-model score [N] (float32, CPU) of each answer to its conversation, on `reward_inputs`."""
     import torch
 
     model.eval()
     dev = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if cfg.pad_token_id is None:  # a sequence classifier cannot find the last token of a padded row without it
+        cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = []
     with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, padding=True,
-                            return_tensors="pt").to(dev)
-            out.append(model(**enc).logits[:, 0].float().cpu())
+        for i in range(0, len(answers), batch_size):
+            enc = reward_inputs(tokenizer, conversations[i:i + batch_size], answers[i:i + batch_size],
+                                pad_id=cfg.pad_token_id)
+            out.append(model(input_ids=enc["input_ids"].to(dev),
+                             attention_mask=enc["attention_mask"].to(dev)).logits[:, 0].float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def _split_answer(conversation: list[dict]) -> tuple[list[dict], str]:
+    if not conversation or conversation[-1]["role"] != "assistant":
+        raise ValueError("a conversation to score must end with the assistant's answer")
+    return conversation[:-1], conversation[-1]["content"]
+
+
+def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16):
+    """Reward-model score of each full conversation (its last turn is the answer being judged)."""
+    split = [_split_answer(c) for c in conversations]
+    return reward_scores(model, tokenizer, [m for m, _ in split], [a for _, a in split], batch_size)
+
+
+def preference_dataset(tokenizer, pairs: list[dict]):
+    """RewardTrainer's training set: each pair's chosen and rejected `reward_ids`, pre-tokenised.
+    Why ids: TRL 1.16 tokenises strings itself, appending EOS to any not ending in it (a ChatML text ends in
+    `<|im_end|>\\n`) and adding special tokens; `chosen_ids`/`rejected_ids` it takes as they are."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"chosen_ids": reward_ids(tokenizer, p["prompt"], _split_answer(p["chosen"])[1]),
+                               "rejected_ids": reward_ids(tokenizer, p["prompt"], _split_answer(p["rejected"])[1])}
+                              for p in pairs])
 
 
 def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> dict:
@@ -129,7 +189,6 @@ def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16)
 
 def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | None = None,
            resume: bool = False) -> dict:
-    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     from .training import (AtomicCheckpointCallback, BestOnDevCallback, JsonlLogCallback, mean_train_loss,
@@ -187,14 +246,13 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     rm.config.pad_token_id = tokenizer.pad_token_id
     rm = prepare_qlora(rm, cfg.lora, task_type="SEQ_CLS", quantized=preset.quant.load_in_4bit)
     before = pairwise_accuracy(rm, tokenizer, test_pairs)
-    keep = ["prompt", "chosen", "rejected"]
-    as_dataset = lambda ps: Dataset.from_list([{k: p[k] for k in keep} for p in ps])  # noqa: E731
     per_epoch = -(-len(train_pairs) // (cfg.batch_size * getattr(cfg, "grad_accum", 1)))
     stopper = BestOnDevCallback(d / "best_on_dev.safetensors", cfg.patience, resume) if dev_pairs else None
     early = dict(eval_strategy="steps", eval_steps=max(1, per_epoch // max(1, cfg.evals_per_epoch))) if stopper else {}
     args = training_args(RewardConfig, cfg, d, seed, preset, max_length=None, remove_unused_columns=True, **early)
-    trainer = RewardTrainer(model=rm, args=args, processing_class=tokenizer, train_dataset=as_dataset(train_pairs),
-                            eval_dataset=as_dataset(dev_pairs) if stopper else None,
+    trainer = RewardTrainer(model=rm, args=args, processing_class=tokenizer,
+                            train_dataset=preference_dataset(tokenizer, train_pairs),
+                            eval_dataset=preference_dataset(tokenizer, dev_pairs) if stopper else None,
                             callbacks=[JsonlLogCallback(d / "log.jsonl", start := resume_step(d, resume)),
                                        AtomicCheckpointCallback()] + ([stopper] if stopper else []))
     restore_adapter_dtype(trainer.model, preset)
@@ -244,9 +302,8 @@ def _test_report(model, tokenizer, rankings: list[dict], prompts: list[dict], kg
 
 
 def _too_long(tokenizer, pair: dict, max_length: int) -> bool:
-    # return_dict: transformers 5 returns a BatchEncoding, whose len() is its number of keys, not of tokens
-    return any(len(tokenizer.apply_chat_template(pair["prompt"] + pair[k], tokenize=True,
-                                                 return_dict=True)["input_ids"]) > max_length
+    # measured on what the reward model is trained on
+    return any(len(reward_ids(tokenizer, pair["prompt"], _split_answer(pair[k])[1])) > max_length
                for k in ("chosen", "rejected"))
 
 
