@@ -664,3 +664,24 @@ def test_ppo_stage_on_smoke_rl_raises_heldout_reward_with_bounded_kl(tmp_path):
     assert m["score_last5"] > m["score_first5"] + 0.3, m          # it climbs the reward during training
     assert m["heldout_score_after"] > m["heldout_score_before"] + 0.2, m  # and that carries to new prompts
     assert max(r["kl"] for r in rows) < 8.0 and m["kl_last5"] < 5.0, m   # without running away from the reference
+
+
+def test_logprobs_renormalise_without_the_tokens_generation_suppresses():
+    """The sampler never draws a suppressed token, so PPO must score the same renormalised distribution."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zj_utils.ppo import compute_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    ids, am = torch.tensor([[1, 5, 6, 7]]), torch.ones(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        plain, _, _ = compute_logprobs(model, ids, am, 2)
+        model.generation_config.suppress_tokens = [9, 10, 11]
+        masked, ent, _ = compute_logprobs(model, ids, am, 2)
+        logits = model(ids).logits[0, 1:3].float()
+        logits[:, [9, 10, 11]] = float("-inf")
+        want = torch.log_softmax(logits, -1).gather(1, ids[0, 2:].unsqueeze(1)).squeeze(1)
+    assert torch.allclose(masked[0], want, atol=1e-5) and (masked > plain).all() and torch.isfinite(ent).all()

@@ -336,6 +336,11 @@ def compute_logprobs(model, input_ids, attention_mask, context_length: int, temp
     # later; in place on the scaled copy, so no [B, R, V] tensor more than before (a division's backward needs
     # neither its input nor its output)
     logits.masked_fill_(~valid.unsqueeze(-1), 0.0)
+    # tokens the model's generation config forbids (the tiny model's byte-fallback tokens) are never sampled, so
+    # the policy being scored is the one renormalised without them; a large finite value keeps entropy finite
+    suppress = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
+    if suppress:
+        logits[..., torch.as_tensor(suppress, device=logits.device)] = -1e9
     targets = input_ids[:, context_length:]
     logp = torch.gather(F.log_softmax(logits, -1), 2, targets.unsqueeze(-1)).squeeze(-1)
     entropy = entropy_from_logits(logits)
