@@ -650,8 +650,14 @@ def test_rm_vs_judge_plot(tmp_path):
 
 def test_ppo_stage_on_smoke_rl_raises_heldout_reward_with_bounded_kl(tmp_path):
     """The whole chain at test size: a reward model trained on the annotator's rankings, then the PPO stage.
-    Greedy answers to held-out prompts (the test sets, never PPO prompts) must score higher under the reward
-    model after PPO, while the KL to the reference stays bounded by the penalty."""
+    PPO must climb the reward it samples, greedy answers to held-out prompts (the test sets, never PPO prompts)
+    must score higher under the reward model after PPO, and the KL to the reference stays bounded by the penalty.
+
+    The chain's arithmetic differs with the CPU's kernels (AVX512 vs AVX2 gives another base model, reward model
+    and PPO run), so the checks are in units of the SFT answers' score std (the reward normalisation) with margins
+    from the spread measured over seeds 0-2 x {default threads, ZJ_THREADS=1, ATEN_CPU_CAPABILITY=avx2}: sampled
+    gain (steps 31-60 over 1-10) 0.66-0.91 where lr=0 gives 0.16; held-out gain 0.26-1.46 where lr=0 gives 0
+    and a flipped reward sign -0.07. Thread count did not change a digit."""
     from zj_utils.pipeline import run_stage
     from zj_utils.presets import get_preset
 
@@ -661,9 +667,19 @@ def test_ppo_stage_on_smoke_rl_raises_heldout_reward_with_bounded_kl(tmp_path):
     m = run_stage("ppo", preset, tmp_path, 0)
     rows = [json.loads(line) for line in open(tmp_path / "ppo" / "ppo_log.jsonl")]
     assert len(rows) == preset.ppo.steps and m["skipped_batches"] == 0
-    assert m["score_last5"] > m["score_first5"] + 0.3, m          # it climbs the reward during training
-    assert m["heldout_score_after"] > m["heldout_score_before"] + 0.2, m  # and that carries to new prompts
+    gain = m["reward_norm_gain"]
+    assert gain > 0 and abs(sum(r["score_normalized"] for r in rows[:10]) / 10) < 1.0, m  # SFT answers ~ mean 0
+    mean = lambda rs: sum(r["score_normalized"] for r in rs) / len(rs)
+    climbed = mean(rows[30:]) - mean(rows[:10])
+    assert climbed > 0.4, (climbed, m)                                   # it climbs the reward it samples
+    heldout = (m["heldout_score_after"] - m["heldout_score_before"]) * gain
+    assert heldout > 0.1, (heldout, m)                                   # and that carries to new prompts
     assert max(r["kl"] for r in rows) < 8.0 and m["kl_last5"] < 5.0, m   # without running away from the reference
+    assert sum(m["heldout_prompts_per_kind"].values()) == m["heldout_prompts"] and \
+        min(m["heldout_prompts_per_kind"].values()) > 0, m
+    probe = [json.loads(line) for line in open(tmp_path / "ppo" / "judge_probe.jsonl")]
+    assert [p["step"] for p in probe] == list(range(0, preset.ppo.steps + 1, preset.ppo.judge_every))
+    assert probe[0] == m["judge_probe"]["first"] and probe[-1] == m["judge_probe"]["last"]
 
 
 def test_logprobs_renormalise_without_the_tokens_generation_suppresses():
