@@ -195,6 +195,10 @@ class IdTokenizer:
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [int(t) for t in text.split()]}
 
+    def batch_decode(self, seqs, skip_special_tokens=True):
+        # PPO decodes each response to build the reward model's input (reward.reward_text) from its text
+        return [" ".join(str(t) for t in s if not (skip_special_tokens and t in (PAD, EOS))) for s in seqs]
+
 
 def trainable(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]

@@ -52,6 +52,10 @@ def test_report_counts_agreement_by_dimension_and_flaw(world):
     # a reward model that reverses every score is right exactly where this one is wrong
     flipped = comparisons(trap + red, [[-x for x in s] for s in scores], prompts, world.kg)
     assert [not r["correct"] for r in rows] == [r["correct"] for r in flipped]
+    # a person's ranking may order two answers the rule scores alike: counted, under "rule_tie"
+    same = [{"id": "tool-1", "messages": [], "responses": ["甲。", "乙。"], "ranks": [1, 2]}]
+    tie = comparisons(same, [[1.0, 0.0]], prompts, world.kg)
+    assert [(t["dimension"], t["gap"], t["correct"]) for t in tie] == [("rule_tie", "<0.1", True)]
     with pytest.raises(ValueError, match="3 answers but 2 scores"):
         comparisons(trap[:1], [[1.0, 0.0]], prompts, world.kg)
 

@@ -41,7 +41,9 @@ def flaw_type(worse: Verdict, better: Verdict) -> str:
 
 
 def deciding_dimension(better: Verdict, worse: Verdict) -> str:
-    return next(d for d, x, y in zip(R.DIMENSION_NAMES, better.key(), worse.key()) if x != y)
+    """The first dimension on which the rule's verdicts differ; "rule_tie" when they do not (a person's ranking can
+    order answers the rule scores alike)."""
+    return next((d for d, x, y in zip(R.DIMENSION_NAMES, better.key(), worse.key()) if x != y), "rule_tie")
 
 
 def gap_bucket(gap: float) -> str:
@@ -61,10 +63,10 @@ def comparisons(rankings: list[dict], scores: list[list[float]], prompts: dict, 
         for i, j in ((i, j) for i in range(len(sc)) for j in range(len(sc))):
             if r["ranks"][i] < r["ranks"][j] and r["responses"][i] != r["responses"][j]:  # the rule prefers i
                 dim = deciding_dimension(verdicts[i], verdicts[j])
-                k = R.DIMENSION_NAMES.index(dim)
+                gap = 0.0 if dim == "rule_tie" else (verdicts[i].key()[R.DIMENSION_NAMES.index(dim)]
+                                                      - verdicts[j].key()[R.DIMENSION_NAMES.index(dim)])
                 rows.append({"prompt": r["id"], "kind": p.get("kind", "other"), "correct": bool(sc[i] > sc[j]),
-                             "dimension": dim, "flaw": flaw_type(verdicts[j], verdicts[i]),
-                             "gap": gap_bucket(verdicts[i].key()[k] - verdicts[j].key()[k])})
+                             "dimension": dim, "flaw": flaw_type(verdicts[j], verdicts[i]), "gap": gap_bucket(gap)})
     return rows
 
 
