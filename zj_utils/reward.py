@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, load_for_inference, load_model,
                      load_tokenizer, merge_adapter, read_json, require, set_seed, world_dir, write_metrics)
-from .reward_report import format_report
 from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, to_preference_records,
                    write_ranking_input, write_ranking_output)
+from .reward_report import accuracy_report, comparisons, format_report
 
 
 def sample_and_rank(model, tokenizer, prompts: list[dict], kg: dict, cfg, seed: int) -> list[dict]:
@@ -290,8 +290,6 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
 
 def _test_report(model, tokenizer, rankings: list[dict], prompts: list[dict], kg: dict, seed: int) -> dict:
     """reward_report's accuracy report on held-out rankings: every answer scored once, every ordered pair compared."""
-    from .reward_report import accuracy_report, comparisons
-
     convs = [r["messages"] + [{"role": "assistant", "content": a}] for r in rankings for a in r["responses"]]
     flat = score_conversations(model, tokenizer, convs).tolist()
     scores, i = [], 0
