@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .common import Timer, read_json, write_json
+from .common import Timer, link_dir as _link, read_json, stage_done as _done, write_json
 
 VARIANTS: dict[str, dict] = {
     "full": {"sft_mix": {}, "init_from": "pretrain", "rlhf": True},
@@ -58,17 +57,6 @@ CLAIMS = (
 
 def _log(msg: str) -> None:
     print(f"[zj ablations] {msg}", file=sys.stderr, flush=True)
-
-
-def _link(target: Path, link: Path) -> None:
-    if link.is_symlink() or link.exists():
-        return
-    link.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(os.path.relpath(target, link.parent), link)
-
-
-def _done(stage_dir: Path) -> bool:
-    return (stage_dir / "metrics.json").exists()
 
 
 def variant_preset(preset_name: str, overrides, variant: str, sft_steps: int | None = None):

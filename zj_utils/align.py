@@ -26,19 +26,35 @@ METHODS = ("dpo", "grpo", "rloo")
 
 @dataclass
 class AlignConfig:
-    # The defaults give every method PPO's budget (tiny preset): 60 steps x 16 completions (pairs for DPO) = 960,
-    # PPO's learning rate, LoRA rank and KL coefficient, and its missing-EOS penalty, so that a comparison is fair.
-    max_steps: int = 60               # optimizer steps (-1: use epochs)
+    # The defaults give every method PPO's budget in the tiny preset, step for step (tests/test_align.py keeps
+    # them equal): PPO takes 60 rollout batches of 16, 2 epochs over each in minibatches of 8 = 240 optimizer
+    # steps of 8 sequences at a constant learning rate. GRPO/RLOO: a generation batch of 16 completions
+    # (batch_size x steps_per_generation = 4 prompts x 4 answers), reused for num_iterations passes in
+    # minibatches of batch_size, with the same clipped ratio: 240 steps of 8, 960 sampled completions. DPO:
+    # 240 steps of 8 pairs.
+    max_steps: int = 240              # optimizer steps (-1: use epochs)
     epochs: float = 1.0
     learning_rate: float = 3e-4
-    batch_size: int = 16              # per step: completions (GRPO/RLOO, = prompts x num_generations) or pairs (DPO)
+    lr_scheduler_type: str = "constant"  # PPO's schedule (TRL's default is linear decay)
+    batch_size: int = 8               # per optimizer step: completions (GRPO/RLOO) or pairs (DPO); = ppo.mini_batch_size
     grad_accum: int = 1
     warmup_ratio: float = 0.0
-    num_generations: int = 4          # answers per prompt (GRPO/RLOO); must divide batch_size
+    steps_per_generation: int = 2     # GRPO/RLOO: optimizer steps per generation batch and pass (= ppo.batch_size / mini)
+    num_iterations: int = 2           # GRPO/RLOO: passes over each generation batch (= ppo.ppo_epochs)
+    num_generations: int = 4          # answers per prompt (GRPO/RLOO); must divide batch_size x steps_per_generation
     max_completion_length: int = 48   # as ppo.max_new_tokens
     temperature: float = 1.0
-    beta: float = 0.05                # KL coefficient (GRPO/RLOO, as ppo.kl_coef) / DPO's beta
-    dpo_beta: float = 0.1             # DPO's own beta (its scale differs from the KL penalty's)
+    # beta means something else in each method; the defaults are the values each method's own papers/docs use at
+    # this scale, not one number carried across:
+    #   GRPO: weight of a per-token k3 KL term in the loss (advantages are group-normalised, std 1);
+    #   RLOO: per-sequence k1 KL (summed over tokens) subtracted from the score before the leave-one-out
+    #         baseline, i.e. PPO's kl_coef with PPO's reward normalisation (normalize_reward below);
+    #   DPO:  dpo_beta, the inverse temperature of the implicit reward beta * log(pi / pi_ref).
+    beta: float = 0.05                # GRPO/RLOO, as ppo.kl_coef
+    dpo_beta: float = 0.1             # DPO's own beta
+    normalize_reward: bool = True     # GRPO/RLOO: PPO's affine reward normalisation (SFT answers -> mean 0, std 1),
+                                      # fitted the same way (ppo.norm_samples answers), so beta and the penalty mean
+                                      # what they mean in PPO
     missing_eos_penalty: float = -1.0  # GRPO/RLOO: added to the score of a completion without EOS, as in our PPO
     max_length: int = 320             # DPO: prompt + answer tokens
     lora_r: int = 8
@@ -47,11 +63,14 @@ class AlignConfig:
     lora_target_modules: str = "all-linear"
 
 
-def make_reward_fn(reward_model, tokenizer, batch_size: int = 16, missing_eos_penalty: float = 0.0):
+def make_reward_fn(reward_model, tokenizer, batch_size: int = 16, missing_eos_penalty: float = 0.0,
+                   norm: tuple[float, float] = (1.0, 0.0)):
     """The frozen reward model as a TRL reward function: `reward_fn(prompts, completions, **kw) -> list[float]`.
     Prompts and completions may be conversational (message lists) or plain strings; either way the reward model
-    reads `reward.reward_text(prompt, completion text)`, the input it was trained on. With `missing_eos_penalty`,
-    a completion whose token ids (TRL passes them as `completion_ids`) hold no EOS gets it added, as in our PPO."""
+    reads `reward.reward_text(prompt, completion text)`, the input it was trained on. The score is
+    `gain * score + bias` with `norm = (gain, bias)` (PPO's reward normalisation); then, with
+    `missing_eos_penalty`, a completion whose token ids (TRL passes them as `completion_ids`) hold no EOS gets it
+    added, as in our PPO."""
     from .reward import reward_scores
 
     def reward_model_score(prompts, completions, completion_ids=None, **kwargs):
@@ -59,7 +78,8 @@ def make_reward_fn(reward_model, tokenizer, batch_size: int = 16, missing_eos_pe
         for p, c in zip(prompts, completions):
             convs.append([{"role": "user", "content": p}] if isinstance(p, str) else list(p))
             answers.append(c if isinstance(c, str) else "".join(m["content"] for m in c))
-        scores = [float(x) for x in reward_scores(reward_model, tokenizer, convs, answers, batch_size)]
+        gain, bias = norm
+        scores = [gain * float(x) + bias for x in reward_scores(reward_model, tokenizer, convs, answers, batch_size)]
         if missing_eos_penalty and completion_ids is not None:
             eos = tokenizer.eos_token_id
             scores = [s + (missing_eos_penalty if eos not in list(ids) else 0.0)
@@ -117,13 +137,15 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
         pairs = [rec for r in rankings for rec in to_preference_records(r["messages"], r["responses"], r["ranks"])]
         if not pairs:
             raise ZJError(f"No preference pairs in {out}/rm/rankings.jsonl (every ranking is all ties).")
-        args = training_args(DPOConfig, cfg, d, seed, preset, beta=cfg.dpo_beta, max_length=cfg.max_length)
+        args = training_args(DPOConfig, cfg, d, seed, preset, beta=cfg.dpo_beta, max_length=cfg.max_length,
+                             lr_scheduler_type=cfg.lr_scheduler_type)
         trainer = DPOTrainer(model=policy, args=args, processing_class=tokenizer,
                              train_dataset=Dataset.from_list(pairs), callbacks=callbacks)
         info = {"rankings": len(rankings), "pairs": len(pairs)}
     else:
-        if cfg.batch_size % cfg.num_generations:
-            raise ZJError(f"align.batch_size ({cfg.batch_size}) must be a multiple of align.num_generations "
+        if (cfg.batch_size * cfg.steps_per_generation) % cfg.num_generations:
+            raise ZJError(f"align.batch_size x align.steps_per_generation ({cfg.batch_size} x "
+                          f"{cfg.steps_per_generation}) must be a multiple of align.num_generations "
                           f"({cfg.num_generations}).")
         if method == "grpo":
             from trl import GRPOConfig as Config, GRPOTrainer as Trainer
@@ -131,13 +153,23 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
             from trl import RLOOConfig as Config, RLOOTrainer as Trainer
         prompts = [{"prompt": _messages(r["messages"])} for r in load_jsonl(world / "rank_prompts.jsonl")]
         reward_model = load_reward_model(out, preset)
-        reward_fn = make_reward_fn(reward_model, tokenizer, missing_eos_penalty=cfg.missing_eos_penalty)
+        norm = (1.0, 0.0)
+        if cfg.normalize_reward:
+            import torch
+
+            from .ppo import sample_reward_norm
+
+            torch.manual_seed(seed)
+            norm = sample_reward_norm(policy, tokenizer, reward_model, [p["prompt"] for p in prompts], preset.ppo,
+                                      seed)
+        reward_fn = make_reward_fn(reward_model, tokenizer, missing_eos_penalty=cfg.missing_eos_penalty, norm=norm)
         args = training_args(Config, cfg, d, seed, preset, beta=cfg.beta, num_generations=cfg.num_generations,
+                             steps_per_generation=cfg.steps_per_generation, num_iterations=cfg.num_iterations,
                              max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                             top_k=0, top_p=1.0, use_vllm=False)
+                             top_k=0, top_p=1.0, use_vllm=False, lr_scheduler_type=cfg.lr_scheduler_type)
         trainer = Trainer(model=policy, reward_funcs=reward_fn, args=args,
                           processing_class=tokenizer, train_dataset=Dataset.from_list(prompts), callbacks=callbacks)
-        info = {"prompts": len(prompts)}
+        info = {"prompts": len(prompts), "reward_norm_gain": norm[0], "reward_norm_bias": norm[1]}
     restore_adapter_dtype(trainer.model, preset)
     result = trainer.train()
     model = trainer.model

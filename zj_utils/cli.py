@@ -3,6 +3,7 @@
     zj world|base|pretrain|sft|rm|ppo|eval --preset tiny --out runs/tiny-seed0 --seed 0 [--set sft.epochs=2]
     zj align --method dpo|grpo|rloo --preset tiny --out runs/tiny-seed0   # TRL alternatives to our PPO
     zj align-compare --out runs/tiny-seed0   # PPO vs DPO/GRPO/RLOO against SFT
+    zj align-sweep runs/tiny-seed{0,1,2} --lrs 1e-4 3e-4 1e-3 --out runs/align-sweep   # equal steps, LR per method
     zj reproduce --preset tiny            # every notebook, headless, with papermill
     zj reproduce --preset tiny --ablations --seeds 3   # the paper's ablations over seeds, with intervals
     zj presets                            # what the presets are
@@ -76,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Mean, lowest and highest seed of every measure of `zj align-compare`, over the "
                                    "run folders given; writes OUT/{metrics.json,table.md,alignment_over_seeds.png}.")
     p.add_argument("runs", nargs="+", help="run folders, each with align_compare/ (one per seed)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--figures", default=None, help="where the figure goes (default: --out)")
+    p = sub.add_parser("align-sweep", help="PPO/DPO/GRPO/RLOO at equal optimizer steps, a learning-rate sweep "
+                                           "per method, over finished runs (one per seed)",
+                       description="Trains every method at every --lrs rate on each run's SFT and reward model "
+                                   "(OUT/seed<S>/lr<LR>/), compares each cell against SFT, and picks each method's "
+                                   "rate by the reward model's held-out score, never the judge; writes "
+                                   "OUT/{sweep.json,table.md,alignment_sweep.png}. Finished stages are not re-run.")
+    p.add_argument("runs", nargs="*", help="finished run folders (`zj reproduce`), one per seed")
+    p.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3], help="learning rates to try")
+    p.add_argument("--methods", nargs="+", default=["ppo", "dpo", "grpo", "rloo"],
+                   choices=("ppo", "dpo", "grpo", "rloo"))
+    p.add_argument("--preset", default="tiny", help="the preset the runs were made with")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a preset field for every cell (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--figures", default=None, help="where the figure goes (default: --out)")
     p = sub.add_parser("reproduce", help="run the whole pipeline (notebooks via papermill)")
@@ -225,6 +241,16 @@ def _dispatch(args) -> int:
         from .align import summarize_alignment
 
         summarize_alignment(args.runs, args.out, args.figures)
+        print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
+        print(f"wrote {args.out}/")
+        return 0
+    if args.command == "align-sweep":
+        from .align_sweep import summarize_sweep, sweep_alignment
+
+        if args.runs:
+            sweep_alignment(args.preset, args.runs, args.lrs, args.out, args.methods, args.overrides, args.figures)
+        else:  # no runs: summarise the cells already in --out
+            summarize_sweep(args.out, args.figures)
         print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
         print(f"wrote {args.out}/")
         return 0

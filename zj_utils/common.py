@@ -108,6 +108,22 @@ def write_metrics(d: str | Path, metrics: dict, timings: dict) -> dict:
     return metrics
 
 
+def stage_done(stage_dir: str | Path) -> bool:
+    """A stage is complete when its metrics.json exists: every stage writes it last, atomically, so a run that
+    skips finished stages continues where a killed one stopped."""
+    return (Path(stage_dir) / "metrics.json").exists()
+
+
+def link_dir(target: str | Path, link: str | Path) -> None:
+    """`link` -> `target` as a relative symlink (kept if `link` exists): a run folder that shares another's
+    stages without copying them."""
+    link = Path(link)
+    if link.is_symlink() or link.exists():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), link)
+
+
 def read_timings(out: str | Path, stage: str) -> dict:
     """OUT/<stage>/timings.json, or {} for a stage that has not run (or ran before timings had their own file)."""
     p = Path(out) / stage / "timings.json"
