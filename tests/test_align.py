@@ -54,17 +54,30 @@ def test_reward_fn_scores_conversations(run):
     penalised = make_reward_fn(rm, tok, missing_eos_penalty=-1.0)(prompts=prompts, completions=completions,
                                                                   completion_ids=ids)
     assert penalised == pytest.approx([want[0], want[1] - 1.0])
+    # PPO's normalisation first, then the penalty (in units of the SFT answers' score std, as in PPO)
+    normed = make_reward_fn(rm, tok, missing_eos_penalty=-1.0, norm=(2.0, 0.5))(
+        prompts=prompts, completions=completions, completion_ids=ids)
+    assert normed == pytest.approx([2 * want[0] + 0.5, 2 * want[1] + 0.5 - 1.0])
 
 
 def test_fair_budget_defaults_match_ppo():
-    """The comparison is only fair if every method gets PPO's sampled-completion budget, learning rate and KL."""
+    """The comparison is only fair if every method gets PPO's optimizer steps, minibatch, schedule, sampled
+    completions, LoRA and KL coefficient."""
     from zj_utils.presets import get_preset
 
     p = get_preset("tiny")
-    assert p.align.max_steps * p.align.batch_size == p.ppo.steps * p.ppo.batch_size
-    assert p.align.learning_rate == p.ppo.learning_rate and p.align.beta == p.ppo.kl_coef
-    assert p.align.lora_r == p.ppo.lora_r and p.align.missing_eos_penalty == p.ppo.missing_eos_penalty
-    assert p.align.max_completion_length == p.ppo.max_new_tokens
+    a, ppo = p.align, p.ppo
+    ppo_steps = ppo.steps * ppo.ppo_epochs * (ppo.batch_size // ppo.mini_batch_size)
+    assert a.max_steps == ppo_steps == 240
+    assert a.batch_size == ppo.mini_batch_size and a.lr_scheduler_type == "constant" and a.warmup_ratio == 0
+    # GRPO/RLOO: one generation batch = PPO's rollout batch, reused for PPO's number of epochs
+    assert a.batch_size * a.steps_per_generation == ppo.batch_size and a.num_iterations == ppo.ppo_epochs
+    generations = a.max_steps // (a.steps_per_generation * a.num_iterations)
+    assert generations * a.batch_size * a.steps_per_generation == ppo.steps * ppo.batch_size
+    assert a.learning_rate == ppo.learning_rate and a.beta == ppo.kl_coef
+    assert a.normalize_reward == ppo.normalize_reward
+    assert a.lora_r == ppo.lora_r and a.missing_eos_penalty == ppo.missing_eos_penalty
+    assert a.max_completion_length == ppo.max_new_tokens
 
 
 def test_summary_over_seeds(tmp_path, capsys):
