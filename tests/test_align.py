@@ -101,16 +101,24 @@ def test_summary_over_seeds(tmp_path, capsys):
     assert (tmp_path / "sum" / "alignment_over_seeds.png").stat().st_size > 1000
 
 
+@pytest.fixture(scope="module")
+def aligned(run):
+    """Every method trained once on the smoke run (so the comparison test does not depend on test order)."""
+    from zj_utils.align import METHODS, run_align
+    from zj_utils.presets import get_preset
+
+    return {method: run_align(get_preset("smoke"), run, 0, method) for method in METHODS}
+
+
 @pytest.mark.parametrize("method", ["dpo", "grpo", "rloo"])
-def test_run_align(run, method):
+def test_run_align(run, aligned, method):
     from peft import PeftModel
 
-    from zj_utils.align import run_align
     from zj_utils.common import load_model, load_tokenizer
     from zj_utils.presets import get_preset
 
     preset = get_preset("smoke")
-    m = run_align(preset, run, 0, method)
+    m = aligned[method]
     d = run / f"align_{method}"
     for f in ("config.json", "metrics.json", "log.jsonl", "adapter/adapter_config.json", "merged/config.json"):
         assert (d / f).exists(), f
@@ -135,15 +143,17 @@ def test_run_align(run, method):
         trained = policy(ids).logits
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.isfinite(trained).all()
+    # training moved the policy (a run that updates nothing fails here), and the merged model is that policy
+    assert (trained - want).abs().max() > 1e-3
+    with torch.no_grad():
+        merged = load_model(str(d / "merged"), preset.model)(ids).logits
+    assert torch.allclose(merged, trained, atol=1e-4)
 
 
-def test_compare_and_cli(run, capsys):
+def test_compare_and_cli(run, aligned, capsys):
     from zj_utils.align import METHODS
     from zj_utils.cli import main
 
-    for method in METHODS:  # the test above may have been deselected
-        if not (run / f"align_{method}" / "merged" / "config.json").exists():
-            pytest.skip("needs the aligned models of test_run_align")
     assert main(["align-compare", "--preset", "smoke", "--out", str(run)]) == 0
     d = run / "align_compare"
     metrics = json.loads((d / "metrics.json").read_text())
