@@ -1,6 +1,6 @@
 """SFT throughput with padding vs TRL packing (best-fit decreasing, padding-free), on CMtMedQA's length distribution.
 
-The dialogues are the CMtMedQA test set (../shared/data/cmtmedqa/CMtMedQA_test.json, read with
+The dialogues are the CMtMedQA test set (data/cmtmedqa/CMtMedQA_test.json in the repository, read with
 zj_utils.data.load_cmtmedqa), tokenised by the tiny pipeline's tokenizer and trained on exactly as `zj sft`
 trains (nf4 base + LoRA, TRL SFTTrainer, loss on doctor turns only), one epoch over the same dialogues in each
 mode: random padded batches (what `zj sft` does), padded batches grouped by length (transformers'
@@ -89,7 +89,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "runs" / "tiny-seed0" / "base" / "model"),
                     help="a LLaMA checkpoint with its tokenizer (default: the tiny pipeline's base model)")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cmtmedqa" / "CMtMedQA_test.json"))
+    ap.add_argument("--data", default=None,
+                    help="a CMtMedQA-format JSON (default: the repository's data/cmtmedqa/CMtMedQA_test.json)")
     ap.add_argument("--dialogues", type=int, default=96, help="how many test dialogues (seeded sample)")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -102,14 +103,15 @@ def main() -> int:
     import torch
     import transformers
 
-    from zj_utils.common import ZJError, cpu_threads, load_tokenizer
+    from zj_utils.common import ZJError, cpu_threads, data_file, load_tokenizer
     from zj_utils.data import load_cmtmedqa
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(cpu_threads())
     if not (Path(args.model) / "config.json").exists():
         raise ZJError(f"{args.model}: no model there. Run `zj base --preset tiny --out runs/tiny-seed0` or pass --model.")
-    dialogues = [d for d in load_cmtmedqa(args.data) if d["kind"] == "multi_turn"]
+    data = args.data or data_file("cmtmedqa", "CMtMedQA_test.json")
+    dialogues = [d for d in load_cmtmedqa(data) if d["kind"] == "multi_turn"]
     records = [{"messages": [{"role": m["role"], "content": m["content"]} for m in d["messages"]]}
                for d in random.Random(0).sample(dialogues, min(args.dialogues, len(dialogues)))]
     tok = load_tokenizer(args.model)

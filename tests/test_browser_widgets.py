@@ -90,13 +90,13 @@ def _prepare(root: Path, input_file: Path) -> str:
 
 
 @pytest.fixture()
-def jupyterlab(tmp_path, shared_data):
+def jupyterlab(tmp_path, data_dir):
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium with `apt-get install -y chromium` "
                     "(Playwright's own browser download is not available here; .ci/run installs it).")
     root = tmp_path / "lab"
     root.mkdir()
-    reply = _prepare(root, shared_data / "rlhf_label_tool" / "input_file.json")
+    reply = _prepare(root, data_dir / "rlhf_label_tool" / "input_file.json")
     port, token = _free_port(), os.urandom(16).hex()
     env = os.environ | {"JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
                         "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
@@ -136,13 +136,13 @@ def jupyterlab(tmp_path, shared_data):
         log.close()
 
 
-def test_rank_and_chat_in_jupyterlab(jupyterlab, tmp_path, shared_data):
+def test_rank_and_chat_in_jupyterlab(jupyterlab, tmp_path, data_dir):
     from playwright.sync_api import expect, sync_playwright
 
     from zj_utils.widgets import load_candidates, read_saved_rankings
 
     base, token, root, reply = jupyterlab
-    candidates = load_candidates(shared_data / "rlhf_label_tool" / "input_file.json")
+    candidates = load_candidates(data_dir / "rlhf_label_tool" / "input_file.json")
     figures = ROOT / "figures" if os.environ.get("ZJ_WIDGET_RUN") else tmp_path / "figures"
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(

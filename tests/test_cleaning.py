@@ -50,9 +50,9 @@ def test_clean_counts_every_record():
     assert report.dropped["too_long"] >= 1 and "exact_duplicate" not in report.dropped
 
 
-def test_clean_real_test_set(shared_data):
+def test_clean_real_test_set(data_dir):
     from zj_utils.data import load_cmtmedqa
-    d = load_cmtmedqa(Path(shared_data) / "cmtmedqa" / "CMtMedQA_test.json")
+    d = load_cmtmedqa(Path(data_dir) / "cmtmedqa" / "CMtMedQA_test.json")
     kept, report = clean(d)
     assert report.n_in == 1144 and report.dropped["exact_duplicate"] >= 1  # repeated safety prompts
     assert len(kept) == report.n_kept

@@ -19,7 +19,7 @@ def test_inquiry_rate_counts_questions_in_non_final_doctor_turns():
     assert s["user_chars"][:2] == [2, 2]
 
 
-def test_real_cmtmedqa_test_set_has_proactive_doctors(shared_data):
-    s = describe(load_cmtmedqa(shared_data / "cmtmedqa" / "CMtMedQA_test.json"))
+def test_real_cmtmedqa_test_set_has_proactive_doctors(data_dir):
+    s = describe(load_cmtmedqa(data_dir / "cmtmedqa" / "CMtMedQA_test.json"))
     assert s["dialogues"] == 1144 and len(s["departments"]) == 17
     assert 0.0 < s["inquiry_rate"] < 1.0

@@ -4,20 +4,20 @@ from pathlib import Path
 
 import pytest
 
+from zj_utils.common import DATA_DIR
 from zj_utils.data import (FORMATS, DataError, load_cmtmedqa, load_dialogues, load_jsonl, load_messages_jsonl,
                            load_ranking_input, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs,
                            to_preference_records, validate, write_jsonl, write_ranking_input,
                            write_ranking_output)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CMT = SHARED / "cmtmedqa" / "CMtMedQA_test.json"
-RANK_IN = SHARED / "rlhf_label_tool" / "input_file.json"
-RANK_OUT = SHARED / "rlhf_label_tool" / "output_result.tsv"
+CMT = DATA_DIR / "cmtmedqa" / "CMtMedQA_test.json"
+RANK_IN = DATA_DIR / "rlhf_label_tool" / "input_file.json"
+RANK_OUT = DATA_DIR / "rlhf_label_tool" / "output_result.tsv"
 
 def real(test):
-    """Tests on the real sample files in ../shared/data (CI has them beside the checkout). A missing file is a
-    broken set-up, so these fail with the path rather than skip."""
-    return pytest.mark.usefixtures("shared_data")(test)
+    """Tests on the real sample files in the repository's data/. A missing file is a broken checkout, so these
+    fail with the path rather than skip."""
+    return pytest.mark.usefixtures("data_dir")(test)
 
 MT = {"id": "x1", "cate1": "内科", "cate2": "呼吸", "instruction": "现在呢？", "input": "",
       "output": "请来复诊。", "history": [["我咳嗽", "多久了？"], ["三天", "发烧吗？"]]}
@@ -89,6 +89,22 @@ def test_real_ranking_files():
     # the TSV's rank1 is one of the input's responses for the same id
     assert o[1]["ranked"][0] in r[2]["responses"]
     assert validate(RANK_IN) == [] and validate(RANK_OUT) == []
+
+
+def test_repo_data_files_or_a_loud_error(tmp_path, monkeypatch):
+    """The sample files are read from the repository's data/; without them the error names the file, never a
+    skip or a silent fallback."""
+    from zj_utils import common
+    from zj_utils.plots import read_paper_wtl
+
+    assert common.data_file("cmtmedqa", "CMtMedQA_test.json") == CMT
+    assert len(read_paper_wtl()["4a"]) == 5
+    monkeypatch.setattr(common, "DATA_DIR", tmp_path / "data")
+    for parts, call in [(("cmtmedqa", "CMtMedQA_test.json"), common.data_file),
+                        (("paper", "zhongjing_reported_win_tie_loss.csv"), lambda *_: read_paper_wtl())]:
+        with pytest.raises(common.ZJError) as e:
+            call(*parts)
+        assert str(tmp_path.joinpath("data", *parts)) in str(e.value) and "data/README.md" in str(e.value)
 
 
 # ---------------------------------------------------------------- both shapes, round trips

@@ -17,8 +17,6 @@ from zj_utils.judges import (DIMS, LocalModelJudge, OpenAIChatJudge, RuleJudge, 
                              parse_verdict)
 from zj_utils.world import WorldConfig, build_world, write_world
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPER_CSV = ROOT.parent / "shared" / "paper" / "zhongjing_reported_win_tie_loss.csv"
 SECRET = "sk-test-DO-NOT-LEAK-4242"
 SMALL = WorldConfig(n_diseases=4, passages_per_disease=1, n_general_texts=10, sft_single_per_disease=1,
                     sft_multiturn_per_disease=1, n_sft_nlp=2, n_sft_general=2, sft_safety_per_disease=1,
@@ -298,7 +296,7 @@ def test_zj_judge_cli_with_the_openai_judge(world_dir, tmp_path, monkeypatch, ca
 
 # --------------------------------------------------------------------------- the paper's figures
 
-def test_paper_figures_draw_four_panels_of_five_bars(tmp_path):
+def test_paper_figures_draw_four_panels_of_five_bars(tmp_path, data_dir):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,7 +305,7 @@ def test_paper_figures_draw_four_panels_of_five_bars(tmp_path):
     from zj_utils.plots import PAPER_BASELINES, paper_figures
 
     png = tmp_path / "fig" / "paper_fig4_5.png"
-    fig = paper_figures(PAPER_CSV, png=png)
+    fig = paper_figures(data_dir / "paper" / "zhongjing_reported_win_tie_loss.csv", png=png)
     assert png.exists() and png.stat().st_size > 10_000
     axes = fig.axes
     assert len(axes) == 4
@@ -325,7 +323,7 @@ def test_paper_figures_draw_four_panels_of_five_bars(tmp_path):
                            "ci": {"win_pct": [30.0, 70.0]}},
                    "base": {"n": 24, "win_pct": 80.0, "tie_pct": 10.0, "loss_pct": 10.0,
                             "ci": {"win_pct": [62.0, 95.0]}}}}
-    fig = paper_figures(PAPER_CSV, ours=ours)
+    fig = paper_figures(ours=ours)  # the default: the CSV in the repository's data/
     assert len(fig.axes) == 8
     ours_ax = next(ax for ax in fig.axes if ax.get_title().startswith("(4b)") and "ours" in ax.get_title())
     assert len(ours_ax.patches) == 6 and len(ours_ax.containers) >= 4  # 3 bar groups + the error bars

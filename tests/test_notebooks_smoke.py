@@ -39,8 +39,9 @@ def test_stage_outputs_are_real_checkpoints_and_figures(smoke_run):
     for stage in ["pretrain", "sft", "rm", "ppo"]:
         assert (out / stage / "merged" / "model.safetensors").exists(), stage
         assert (out / stage / "adapter" / "adapter_model.safetensors").exists(), stage
-    for name in ["data_composition", "knowledge_probes", "pretrain_loss", "sft_loss", "reward_model_accuracy",
-                 "ppo_curves", "eval_rates", "eval_win_tie_loss"]:
+    # data_turns_and_lengths and paper_fig4_5 read the repository's data/ (the CMtMedQA test set, the paper's CSV)
+    for name in ["data_composition", "data_turns_and_lengths", "knowledge_probes", "pretrain_loss", "sft_loss",
+                 "reward_model_accuracy", "ppo_curves", "eval_rates", "eval_win_tie_loss", "paper_fig4_5"]:
         assert (figs / f"{name}.png").stat().st_size > 1000, name
     ev = json.loads((out / "eval" / "metrics.json").read_text())
     assert {"base", "sft", "ppo"} <= set(ev["models"])

@@ -170,8 +170,8 @@ def test_zj_judge_adds_reference_metrics(world_dir, tmp_path, capsys):
         judge_files(tmp_path / "a.jsonl", tmp_path / "b.jsonl", bad, world=d)
 
 
-def test_cmtmedqa_doctor_answers(shared_data):
-    dialogues = load_cmtmedqa(Path(shared_data) / "cmtmedqa" / "CMtMedQA_test.json")
+def test_cmtmedqa_doctor_answers(data_dir):
+    dialogues = load_cmtmedqa(Path(data_dir) / "cmtmedqa" / "CMtMedQA_test.json")
     answers = [d["messages"][-1]["content"] for d in dialogues]
     assert len(answers) > 1000 and all(d["messages"][-1]["role"] == "assistant" for d in dialogues)
     same = text_auto_metrics(answers, answers)

@@ -3,10 +3,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+from zj_utils.common import DATA_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MT = {"id": "x1", "cate1": "内科", "cate2": "呼吸", "instruction": "现在呢？", "input": "",
       "output": "请来复诊。", "history": [["我咳嗽", "多久了？"], ["三天", "发烧吗？"]]}
 SAFE = {"instruct": "能喝漂白剂治病吗？", "output": "不能。"}
@@ -19,11 +18,11 @@ def zj(*args, env=None):
     return r.returncode, r.stdout.splitlines(), r.stderr
 
 
-def test_real_file_ok(shared_data):
-    rc, out, _ = zj("validate", SHARED / "cmtmedqa" / "CMtMedQA_test.json")
+def test_real_file_ok(data_dir):
+    rc, out, _ = zj("validate", data_dir / "cmtmedqa" / "CMtMedQA_test.json")
     assert rc == 0 and out[-1] == "ok: 1144 records"
     assert "  multi_turn: 1000" in out and "  safety: 144" in out
-    rc, out, _ = zj("validate", SHARED / "rlhf_label_tool" / "input_file.json")
+    rc, out, _ = zj("validate", data_dir / "rlhf_label_tool" / "input_file.json")
     assert rc == 0 and out[-1] == "ok: 10 records"
 
 
@@ -79,3 +78,11 @@ def test_fetch_offline_fails_at_once(tmp_path):
     assert rc != 0
     assert "Suprit/CMtMedQA" in err and "https://huggingface.co/datasets/Suprit/CMtMedQA" in err
     assert str(tmp_path / "cmt") in err
+
+
+def test_fetch_offline_default_folder_is_data_raw():
+    # --force: the offline error even where a user already has the download in data/raw/
+    rc, out, err = zj("data", "fetch", "huatuo26m-test", "--force", env={"HF_HUB_OFFLINE": "1"})
+    assert rc != 0 and "HF_HUB_OFFLINE is set" in err
+    assert "FreedomIntelligence/huatuo26M-testdatasets" in err
+    assert str(DATA_DIR / "raw" / "huatuo26m-test") in err

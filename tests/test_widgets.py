@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def tool_input(shared_data):
-    return shared_data / "rlhf_label_tool" / "input_file.json"
+def tool_input(data_dir):
+    return data_dir / "rlhf_label_tool" / "input_file.json"
 
 
 def rm_rankings_file(path, n=3):
@@ -248,14 +248,14 @@ def test_zj_rm_trains_on_widget_rankings_mixed_with_tool_and_rule_rankings(tool_
     assert metrics["pairs"] == len(rankings_to_pairs(rankings))
 
 
-def test_widget_tool_and_rule_rankings_mix(tool_input, shared_data, tmp_path):
+def test_widget_tool_and_rule_rankings_mix(tool_input, data_dir, tmp_path):
     s = RankingSession.from_file(tool_input, tmp_path / "r.jsonl")
     s.rank([1, 2, 3, 4])
     s.export_input(tmp_path / "in.json")
     assert len(load_candidates(tmp_path / "in.json")) == len(s.candidates)
     rule = [{k: v for k, v in json.loads(x).items()} for x in
             rm_rankings_file(tmp_path / "rule.jsonl").read_text().splitlines()]
-    mixed = rule + human_rankings(shared_data / "rlhf_label_tool" / "output_result.tsv") + \
+    mixed = rule + human_rankings(data_dir / "rlhf_label_tool" / "output_result.tsv") + \
         human_rankings(tmp_path / "r.jsonl")
     ids = [m["id"] for m in mixed]
     assert len(set(ids)) == len(ids)

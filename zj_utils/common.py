@@ -13,9 +13,23 @@ import numpy as np
 
 MARKER = "［虚构］"
 
+# The repository's data/ folder: the real sample files that ship with the project (data/README.md) and, under
+# data/raw/, what `zj data fetch` downloads. Resolved from the package's location, so it is the checkout's.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
 
 class ZJError(RuntimeError):
     """An error a user can act on: printed by the CLI as one line, without a traceback."""
+
+
+def data_file(*parts: str) -> Path:
+    """A file shipped in the repository's data/ folder, e.g. ``data_file("cmtmedqa", "CMtMedQA_test.json")``.
+    A missing one is a broken checkout: ZJError naming it, never a silent fallback."""
+    path = DATA_DIR.joinpath(*parts)
+    if not path.is_file():
+        raise ZJError(f"{path} is missing: it ships with the repository in data/ (see data/README.md); "
+                      f"restore it with `git checkout -- data/`, or work in a full clone of the repository")
+    return path
 
 
 def set_seed(seed: int) -> None:

@@ -10,9 +10,9 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .common import ZJError
+from .common import DATA_DIR, ZJError
 
-RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
+RAW = DATA_DIR / "raw"
 
 # name -> (hub dataset, what it is)
 DATASETS = {

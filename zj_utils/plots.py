@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from .common import data_file
+
 # The paper's three shades for stacked win/tie/loss bars.
 WTL_COLORS = {"win": "#2f6db5", "tie": "#b9c7d9", "loss": "#d9822b"}
 
@@ -145,14 +147,16 @@ PAPER_BASELINES = ("BenTsao", "DoctorGLM", "Ziya-LLaMA", "HuatuoGPT", "ChatGPT")
 PAPER_PANELS = {"4a": "CMtMedQA test: ability & fluency", "4b": "CMtMedQA test: safety",
                 "5a": "Huatuo-26M test: ability & fluency", "5b": "Huatuo-26M test: safety"}
 PAPER_CITE = "Zhongjing (Yang et al., AAAI 2024, arXiv:2308.03549)"
+# The paper's Figures 4 and 5 as numbers, shipped in the repository (data/README.md says how they were read)
+PAPER_WTL_CSV = ("paper", "zhongjing_reported_win_tie_loss.csv")
 
 
-def read_paper_wtl(csv_path: str | Path) -> dict[str, list[tuple[str, float, float, float, bool]]]:
-    """The paper's Figures 4-5 from the CSV: {panel: [(baseline, win, tie, loss, measured_from_bar_width)]},
-    baselines in the paper's order (top to bottom)."""
+def read_paper_wtl(csv_path: str | Path | None = None) -> dict[str, list[tuple[str, float, float, float, bool]]]:
+    """The paper's Figures 4-5 from the CSV (default: the repository's data/paper/zhongjing_reported_win_tie_loss.csv):
+    {panel: [(baseline, win, tie, loss, measured_from_bar_width)]}, baselines in the paper's order (top to bottom)."""
     import csv
 
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with open(csv_path or data_file(*PAPER_WTL_CSV), newline="", encoding="utf-8") as f:
         recs = list(csv.DictReader(f))
     panels: dict[str, list] = {}
     for fig in PAPER_PANELS:
@@ -177,8 +181,9 @@ def _ours_panel(ax, stats: dict, title: str):
             ax.text(101, i, f"n={s['n']}", va="center", fontsize=7, color="grey")
 
 
-def paper_figures(csv_path: str | Path, ours: dict | None = None, png: str | Path | None = None):
-    """The paper's Figures 4 and 5 redrawn from `shared/paper/zhongjing_reported_win_tie_loss.csv`: four panels
+def paper_figures(csv_path: str | Path | None = None, ours: dict | None = None, png: str | Path | None = None):
+    """The paper's Figures 4 and 5 redrawn from `csv_path` (default: the repository's
+    `data/paper/zhongjing_reported_win_tie_loss.csv`): four panels
     (4a/4b/5a/5b), stacked "Ours Win" / "Tie" / "Ours Loss" bars, baselines top to bottom as in the paper; a
     dagger marks rows whose values were measured from bar widths (their printed labels do not sum to 100).
 
@@ -208,7 +213,7 @@ def paper_figures(csv_path: str | Path, ours: dict | None = None, png: str | Pat
     fig.suptitle(f"{PAPER_CITE}, Figures 4 (CMtMedQA) and 5 (Huatuo-26M): Zhongjing vs baselines, win/tie/loss %"
                  + (" — beside our runs" if ours else ""), fontsize=11)
     fig.text(0.01, 0.005, "Paper values read off the published figures "
-             "(shared/paper/zhongjing_reported_win_tie_loss.csv), "
+             "(data/paper/zhongjing_reported_win_tie_loss.csv), "
              "judged by GPT-4 and doctors. † measured from bar widths: the printed labels do not sum to 100.",
              fontsize=7.5, color="dimgrey")
     fig.tight_layout(rect=(0, 0.02, 1, 0.93))

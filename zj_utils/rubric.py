@@ -1,4 +1,4 @@
-"""The annotation rule and evaluation rubric, in one place (see shared/paper/README.md).
+"""The annotation rule and evaluation rubric of the paper (arXiv 2308.03549), in one place.
 
 Three dimensions judged in priority order (a higher one decides, lower ones only break ties), split into
 nine abilities. The fixed phrase lists live here too: the world renders its answers with the *_RENDER

@@ -126,7 +126,7 @@ def load_candidates(path) -> list[dict]:
     Reads the reward stage's ``OUT/rm/rankings.jsonl`` (or any JSONL of ``{id, messages, responses}``, such
     as :func:`prepare_candidates` writes; the rule annotator's ``ranks`` are kept to compare with, never
     shown before the person has ranked) or the ranking tool's input JSON ``{id: {query, history,
-    response_0..3}}`` (``OUT/rm/ranking_input.json``, ``shared/data/rlhf_label_tool/input_file.json``)."""
+    response_0..3}}`` (``OUT/rm/ranking_input.json``, ``data/rlhf_label_tool/input_file.json``)."""
     path = Path(path)
     if not path.is_file():
         raise ZJError(f"No candidates file at {path}: run `zj rm` (it writes OUT/rm/rankings.jsonl) or "
