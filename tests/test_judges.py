@@ -528,8 +528,10 @@ def test_zj_judge_dry_run_sends_nothing_and_counts_the_calls(tmp_path, monkeypat
             capsys.readouterr().out
         assert len(api.log) == 4
     # the rule judge has nothing to spend; --concurrency is the openai judge's
-    assert main(args[:-6] + ["--n-boot", "50", "--dry-run", "--world", "nowhere"]) == 2
-    assert main(["judge", *args[1:5], "--concurrency", "4", "--judge", "local", "--model", "x"]) == 2
+    capsys.readouterr()
+    assert main(args[:5] + ["--dry-run"]) == 2
+    assert "--dry-run is for the LLM judges" in capsys.readouterr().err
+    assert main(args[:5] + ["--concurrency", "4", "--judge", "local", "--model", "x"]) == 2
     err = capsys.readouterr().err
     assert "--concurrency is for the openai judge" in err and "Traceback" not in err
     assert estimate_tokens("你好，world") == 3 + 2 and estimate_tokens("") == 0

@@ -6,7 +6,8 @@ the same preset and seed. No tolerance is needed: the checkpoint holds everythin
 
 The uninterrupted runs are one smoke pipeline built once for the module; each stage's killed run starts from a copy
 of the stages before it. `zj judge` with the OpenAI-compatible judge is killed while its verdicts stream in from a
-local stub server, and resumes from its verdict cache without asking for a verdict twice."""
+local stub server, one call at a time and with 4 in flight, and resumes from its verdict cache without asking for a
+cached verdict again."""
 import json
 import os
 import random

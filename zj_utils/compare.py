@@ -245,12 +245,12 @@ def judge_files(a_path, b_path, tests, judge: str = "rule", world=None, model: s
                 dry_run: bool = False) -> dict:
     """`zj judge`: load the files, build the judge, judge, write the JSON (when `out`), return the result. With
     `dry_run`, return {"dry_run": the judge's plan} (calls, cached, prompt-token estimate) and send nothing."""
+    if dry_run and judge == "rule":
+        raise ZJError("--dry-run is for the LLM judges (openai, local); the rule judge calls no model.")
     items = load_tests(tests)
     answers_a, answers_b = load_answers(a_path), load_answers(b_path)
     j = make_judge(judge, kg=_kg(world), model=model, **(judge_kwargs or {}))
     if dry_run:
-        if not hasattr(j, "plan"):
-            raise ZJError(f"--dry-run is for the LLM judges (openai, local); the {judge} judge calls no model.")
         return {"dry_run": j.plan(answered_in_both(items, answers_a, answers_b, max_items))}
     result = {"a": str(a_path), "b": str(b_path), "tests": [str(t) for t in ([tests] if isinstance(
         tests, (str, Path)) else tests)]} | judge_pairs(items, answers_a, answers_b, j, n_boot, seed, progress,

@@ -524,6 +524,7 @@ class OpenAIChatJudge(_PromptJudge):
                 try:
                     done.put((i, self._complete_key(keys[i], bodies[i]), None))
                 except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                    self._abort.set()  # at once: no worker sends another request
                     done.put((i, None, e))
                     return
 
