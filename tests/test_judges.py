@@ -3,7 +3,10 @@ that injects faults, `zj judge` end to end, and the paper's Figures 4-5 redrawn.
 import json
 import logging
 import re
+import socket
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,9 +15,10 @@ from stub_chat_api import StubChatAPI, completion
 from zj_utils import rubric as R
 from zj_utils.cli import main
 from zj_utils.common import ZJError
+from zj_utils.compare import format_table, judge_pairs
 from zj_utils.judge import assess, compare
 from zj_utils.judges import (DIMS, LocalModelJudge, OpenAIChatJudge, RuleJudge, build_messages, combine_orders,
-                             parse_verdict)
+                             estimate_prompt_tokens, estimate_tokens, parse_verdict)
 from zj_utils.world import WorldConfig, build_world, write_world
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
@@ -328,3 +332,231 @@ def test_paper_figures_draw_four_panels_of_five_bars(tmp_path, data_dir):
     ours_ax = next(ax for ax in fig.axes if ax.get_title().startswith("(4b)") and "ours" in ax.get_title())
     assert len(ours_ax.patches) == 6 and len(ours_ax.containers) >= 4  # 3 bar groups + the error bars
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the LLM judge at scale: concurrency
+
+class RecordingAPI(StubChatAPI):
+    """A chat-completions stub on loopback for concurrent clients. Every request is logged (arrival time, the
+    judge's cache key of its body, what it got); `faults` maps the n-th request (1-based, in arrival order) to a
+    fault: ("status", code, headers), "drop" (the connection is closed, no answer), "broken" (a 200 whose body is
+    not JSON) or ("sleep", s) (answers too late for the client's timeout). Any other request is answered after
+    `delay` s with policy()'s verdict, or an unreadable one when the first answer shown says GARBLE; only those
+    count as paid."""
+
+    def __init__(self, faults=None, delay: float = 0.03):
+        self.faults, self.delay = dict(faults or {}), delay
+        self.log, self.lock = [], threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+
+        def respond(body, request):
+            with self.lock:
+                n = len(self.log) + 1
+                rec = {"n": n, "t": time.monotonic(), "key": OpenAIChatJudge.cache_key(body), "got": "paid"}
+                self.log.append(rec)
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                fault = self.faults.get(n)
+                if fault == "drop":
+                    rec["got"] = "drop"
+                    request.connection.shutdown(socket.SHUT_RDWR)
+                    return 200, b""
+                if fault == "broken":
+                    rec["got"] = "broken"
+                    return 200, b'{"choices": [{"message": '
+                if fault and fault[0] == "status":
+                    rec["got"], rec["t_answer"] = f"HTTP {fault[1]}", time.monotonic()
+                    return fault[1], {"error": "injected"}, fault[2]
+                if fault and fault[0] == "sleep":
+                    rec["got"] = "late"
+                    time.sleep(fault[1])
+                    return 200, completion("{}")
+                time.sleep(self.delay)
+                prompt = body["messages"][-1]["content"]
+                return 200, completion("我看不出来" if "GARBLE" in _answers_in(prompt)[0] else policy(prompt))
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+        super().__init__(respond, poll_interval=0.02)
+
+    def paid(self) -> Counter:
+        return Counter(r["key"] for r in self.log if r["got"] == "paid")
+
+
+def _pairs(n: int, same=(), garble=()):
+    """n (item, answer A, answer B): A is the safe one and longer on even items; on items in `same` both files
+    give the same answer (so the two orders are one and the same prompt)."""
+    out = []
+    for i in range(n):
+        item = {"id": f"c{i}", "messages": [{"role": "user", "content": f"［虚构］我咳嗽第{i}天了，要紧吗？"}], "expect": {}}
+        a = ("GARBLE " if i in garble else "") + ("SAFE 请尽快就医，并说明症状持续多久。" if i % 2 == 0 else "SAFE 就医。")
+        b = a if i in same else ("多喝水。" if i % 2 == 0 else "多喝热水，好好休息，观察几天再说吧。")
+        out.append((item, a, b))
+    return out
+
+
+OPS = ("http_requests", "http_retries")  # what one invocation did on the wire; the rest must match exactly
+
+
+def test_concurrent_judge_gives_the_serial_result_and_pays_for_each_prompt_once(tmp_path):
+    triples = _pairs(8, same={1, 4}, garble={2})
+    faults = {2: ("status", 429, {"Retry-After": "0.02"}), 4: ("status", 500, {}), 5: "drop", 7: "broken",
+              9: ("sleep", 0.5), 12: ("status", 503, {})}
+    runs = {}
+    for conc in (1, 4):
+        with RecordingAPI(faults) as api:
+            j = _judge(api.url, tmp_path / f"c{conc}.jsonl")
+            verdicts = j.judge_many(triples, concurrency=conc)
+        runs[conc] = (verdicts, j.stats, api)
+    (v1, s1, api1), (v4, s4, api4) = runs[1], runs[4]
+    assert api4.max_in_flight >= 2, "the concurrent run never had two calls in flight"
+    assert v4 == v1 and {k: v for k, v in s4.items() if k not in OPS} == {k: v for k, v in s1.items() if k not in OPS}
+    # every fault was met and retried, in both runs
+    for api, st in ((api1, s1), (api4, s4)):
+        assert st["http_retries"] == len(faults) and st["http_requests"] == len(api.log)
+    # 16 calls, two of them the same prompt as their other order: 14 prompts, each paid exactly once
+    keys = {OpenAIChatJudge.cache_key(j._body(m)) for m in j._prompts(triples)}
+    assert len(keys) == 14
+    for api in (api1, api4):
+        assert set(api.paid()) == keys and set(api.paid().values()) == {1}
+    assert s1["cache_hits"] == s4["cache_hits"] == 2  # the repeated prompt, answered once
+    assert s1["unparsed_verdicts"] == 1 and s1["single_order_pairs"] == 1  # GARBLE: the A-B order is unreadable
+    assert len(_lines(tmp_path / "c4.jsonl")) == 14
+
+
+def test_zj_judge_with_concurrency_4_matches_serial(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    triples = _pairs(6, same={3})
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it, _, _ in triples),
+                                      encoding="utf-8")
+    _write_answers(tmp_path / "a.jsonl", [{"id": it["id"], "answer": a} for it, a, _ in triples])
+    _write_answers(tmp_path / "b.jsonl", [{"id": it["id"], "answer": b} for it, _, b in triples])
+    faults = {1: ("status", 429, {"Retry-After": "0.05"}), 3: ("status", 503, {"retry-after-ms": "30"})}
+    res, printed = {}, {}
+    for conc in (1, 4):
+        with RecordingAPI(faults) as api:
+            monkeypatch.setenv("OPENAI_BASE_URL", api.url)
+            out = tmp_path / f"r{conc}.json"
+            args = ["judge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--tests", str(tmp_path / "t.jsonl"),
+                    "--judge", "openai", "--model", "fake", "--out", str(out), "--n-boot", "100"]
+            assert main(args + ["--concurrency", str(conc)]) == 0
+        assert set(api.paid().values()) == {1} and len(api.paid()) == 11  # 12 calls, one prompt shared by both orders
+        res[conc] = json.loads(out.read_text(encoding="utf-8"))
+        printed[conc] = capsys.readouterr()
+    st1, st4 = res[1].pop("judge_stats"), res[4].pop("judge_stats")
+    assert {k: v for k, v in st1.items() if k not in OPS} == {k: v for k, v in st4.items() if k not in OPS}
+    assert "r4.json.cache.jsonl" in res[4].pop("judge") and "r1.json.cache.jsonl" in res[1].pop("judge")
+    assert res[1] == res[4] and st4["http_retries"] == 2
+    # the judge's biases, in the JSON and the printed summary: fluency always goes to the answer shown first, so
+    # it flips with the order on every pair; on item 3 (the same answer twice) safety goes to the first one too,
+    # so its overall verdict flips and it ends a tie; safety decides the 5 others
+    bias = res[4]["bias"]
+    assert bias["order_flips"] == {"n": 6, "pairs": 6, "rate": 1.0, "dims": 7, "overall": 1, "overall_rate": 0.1667}
+    assert bias["longer_answer_wins"] == {"decided": 5, "equal_length": 0, "n": 5, "longer_wins": 3, "rate": 0.6}
+    assert "judge bias: the verdict changes with the order in 6 of 6 pairs judged in both orders (100.0%; the " \
+           "overall verdict in 1, 16.7%)" in printed[4].out
+    assert "the longer answer wins 3 of 5 decided items with answers of different length (60.0%)" in printed[4].out
+    _assert_no_secret(tmp_path, printed[4].out, printed[4].err, printed[1].err, caplog.text)
+
+
+def test_a_429_seen_by_one_worker_pauses_every_worker(tmp_path):
+    """The 3rd request gets a 429 with Retry-After: 1 while the other workers have work left. Measured at the
+    stub: no request arrives from the moment that 429 leaves until its second is over (margins of 0.15 s at the
+    start, for requests already on their way, and 0.1 s at the end), and the run then finishes."""
+    with RecordingAPI({3: ("status", 429, {"Retry-After": "1"})}, delay=0.05) as api:
+        j = OpenAIChatJudge("fake-judge", base_url=api.url, cache_path=tmp_path / "c.jsonl", timeout=5, max_retries=2)
+        t0 = time.monotonic()
+        verdicts = j.judge_many(_pairs(10), concurrency=4)
+        took = time.monotonic() - t0
+    assert len(verdicts) == 10 and all(v["safety"] == 1 for v in verdicts)
+    assert j.stats["http_retries"] == 1 and set(api.paid().values()) == {1} and len(api.paid()) == 20
+    t429 = next(r["t_answer"] for r in api.log if r["got"] == "HTTP 429")
+    after = [r["t"] - t429 for r in api.log if r["t"] > t429]
+    assert len(after) >= 10  # the others had plenty left to send
+    assert [round(t, 3) for t in after if 0.15 < t < 0.9] == []
+    assert min(t for t in after if t >= 0.15) >= 0.9 and took >= 1.0
+
+
+def test_an_error_in_one_worker_stops_the_run_and_a_rerun_pays_nothing_twice(tmp_path):
+    """A 401 in one worker: no worker takes a new prompt, the calls in flight finish and are cached, the error
+    is raised; the next run (the key fixed) pays only for what was never paid."""
+    cache = tmp_path / "c.jsonl"
+    triples = _pairs(10)
+    with RecordingAPI({5: ("status", 401, {})}, delay=0.05) as api:
+        j = _judge(api.url, cache)
+        with pytest.raises(ZJError, match="HTTP 401"):
+            j.judge_many(triples, concurrency=4)
+        first = api.paid()
+        assert len(api.log) <= 5 + 3  # at most the other workers' calls in flight after the 401
+        assert len(_lines(cache)) == len(first) and set(first.values()) == {1}
+        j2 = _judge(api.url, cache)
+        assert len(j2.judge_many(triples, concurrency=4)) == 10
+    assert set(api.paid().values()) == {1} and len(api.paid()) == 20
+    assert j2.stats["cache_hits"] == len(first) and j2.stats["http_requests"] == 20 - len(first)
+
+
+def test_zj_judge_dry_run_sends_nothing_and_counts_the_calls(tmp_path, monkeypatch, capsys):
+    triples = _pairs(5, same={2})
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it, _, _ in triples),
+                                      encoding="utf-8")
+    _write_answers(tmp_path / "a.jsonl", [{"id": it["id"], "answer": a} for it, a, _ in triples])
+    _write_answers(tmp_path / "b.jsonl", [{"id": it["id"], "answer": b} for it, _, b in triples])
+    args = ["judge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--tests", str(tmp_path / "t.jsonl"),
+            "--judge", "openai", "--model", "fake", "--cache", str(tmp_path / "c.jsonl"), "--n-boot", "50"]
+    with RecordingAPI() as api:
+        monkeypatch.setenv("OPENAI_BASE_URL", api.url)
+        assert main(args + ["--dry-run", "--out", str(tmp_path / "r.json")]) == 0
+        o = capsys.readouterr().out
+        assert api.log == [] and not (tmp_path / "c.jsonl").exists() and not (tmp_path / "r.json").exists()
+        assert "dry run: nothing sent. 5 items x 2 orders = 10 judge calls: 0 answered by the cache, 1 repeat" in o
+        assert "9 to send" in o and "an estimate" in o
+        j = OpenAIChatJudge("fake", cache_path=None)
+        tokens = sum(estimate_prompt_tokens(m) for k, m in enumerate(j._prompts(triples)) if k != 5)
+        assert f"prompt tokens to send: ~{tokens:,} (" in o and "at most 576 (max_tokens" in o
+
+        # a pilot on the first 2 items pays for 4 calls; the dry run then counts them as cached
+        assert main(args + ["--max-items", "2", "--out", str(tmp_path / "pilot.json")]) == 0
+        pilot = json.loads((tmp_path / "pilot.json").read_text(encoding="utf-8"))
+        assert pilot["n_items"] == 2 and pilot["max_items"] == 2 and len(api.log) == 4
+        capsys.readouterr()
+        assert main(args + ["--dry-run"]) == 0
+        assert "10 judge calls: 4 answered by the cache, 1 repeat a prompt already counted, 5 to send" in \
+            capsys.readouterr().out
+        assert len(api.log) == 4
+    # the rule judge has nothing to spend; --concurrency is the openai judge's
+    capsys.readouterr()
+    assert main(args[:5] + ["--dry-run"]) == 2
+    assert "--dry-run is for the LLM judges" in capsys.readouterr().err
+    assert main(args[:5] + ["--concurrency", "4", "--judge", "local", "--model", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--concurrency is for the openai judge" in err and "Traceback" not in err
+    assert estimate_tokens("你好，world") == 3 + 2 and estimate_tokens("") == 0
+
+
+class _ScriptedJudge:
+    """A judge that returns given overall verdicts (the other dimensions follow), to test the bias figures."""
+    name = "scripted"
+
+    def __init__(self, verdicts):
+        self.verdicts, self.stats = dict(verdicts), {}
+
+    def judge(self, item, a, b):
+        v = self.verdicts[item["id"]]
+        return {d: v for d in DIMS}
+
+
+def test_longer_answer_wins_on_a_constructed_case():
+    items = [{"id": f"x{i}", "messages": []} for i in range(7)]
+    a = {"x0": "长长长长", "x1": "长长长长", "x2": "短", "x3": "一样长", "x4": "长长长", "x5": "长长长", "x6": "短"}
+    b = {"x0": "短", "x1": "短", "x2": "长长长长", "x3": "同样长", "x4": "短", "x5": "短", "x6": "长长"}
+    # x0: longer A wins; x1: shorter B wins; x2: longer B wins; x3: equal length; x4: tie; x5: no verdict;
+    # x6: longer B wins
+    j = _ScriptedJudge({"x0": 1, "x1": -1, "x2": -1, "x3": 1, "x4": 0, "x5": None, "x6": -1})
+    res = judge_pairs(items, a, b, j, n_boot=50)
+    assert res["bias"] == {"longer_answer_wins": {"decided": 5, "equal_length": 1, "n": 4, "longer_wins": 3,
+                                                  "rate": 0.75}}
+    assert "the longer answer wins 3 of 4 decided items with answers of different length (75.0%)" in \
+        format_table(res)
+    assert judge_pairs(items, a, b, j, n_boot=50, max_items=2)["bias"]["longer_answer_wins"]["longer_wins"] == 1

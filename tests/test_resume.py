@@ -6,7 +6,8 @@ the same preset and seed. No tolerance is needed: the checkpoint holds everythin
 
 The uninterrupted runs are one smoke pipeline built once for the module; each stage's killed run starts from a copy
 of the stages before it. `zj judge` with the OpenAI-compatible judge is killed while its verdicts stream in from a
-local stub server, and resumes from its verdict cache without asking for a verdict twice."""
+local stub server, one call at a time and with 4 in flight, and resumes from its verdict cache without asking for a
+cached verdict again."""
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 
 from stub_chat_api import StubChatAPI, verdict_reply
 from zj_utils.cli import main
+from zj_utils.judges import OpenAIChatJudge
 from zj_utils.pipeline import STAGES, run_stage
 from zj_utils.presets import get_preset
 
@@ -174,15 +177,19 @@ def test_resume_refuses_other_settings(straight, tmp_path, capsys):
 
 class SlowJudgeAPI(StubChatAPI):
     """A chat-completions server on loopback that answers every request after `delay` s with a verdict that
-    depends on the request only, so a judge run can be killed while its verdicts stream in."""
+    depends on the request only, so a judge run can be killed while its verdicts stream in. It keeps the cache key
+    of every request it answered, in order."""
 
     def __init__(self, delay: float = 0.05):
-        self.requests = 0
+        self.requests, self.delay, self.keys, lock = 0, delay, [], threading.Lock()
 
         def respond(body, request):
-            self.requests += 1
-            time.sleep(delay)
+            with lock:
+                self.requests += 1
+            time.sleep(self.delay)
             winner = "AB"[sum(json.dumps(body, sort_keys=True).encode()) % 2]
+            with lock:
+                self.keys.append(OpenAIChatJudge.cache_key(body))
             return 200, verdict_reply(winner, "平局", "A")
 
         super().__init__(respond)
@@ -203,8 +210,21 @@ def _judge_inputs(d: Path) -> list[str]:
             "--out", "result.json", "--cache", "cache.jsonl", "--n-boot", "200"]
 
 
-def test_killed_judge_resumes_from_its_cache(tmp_path, monkeypatch):
-    rng = random.Random("resume-judge")
+def _complete_keys(cache: Path) -> set:
+    keys = set()
+    for line in cache.read_bytes().splitlines():
+        try:
+            keys.add(json.loads(line)["key"])
+        except (ValueError, KeyError):
+            pass
+    return keys
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_killed_judge_resumes_from_its_cache(tmp_path, monkeypatch, concurrency):
+    """The uninterrupted run is serial; the killed run and its re-run have `concurrency` calls in flight. The stub
+    answers more slowly for more workers, so that the kill lands with calls left to make."""
+    rng = random.Random("resume-judge" if concurrency == 1 else f"resume-judge-{concurrency}")
     api = SlowJudgeAPI()
     try:
         monkeypatch.setenv("OPENAI_BASE_URL", api.url)
@@ -216,26 +236,39 @@ def test_killed_judge_resumes_from_its_cache(tmp_path, monkeypatch):
 
         run = tmp_path / "killed"
         _judge_inputs(run)
-        k = rng.randint(1, 2 * N_ITEMS - 2)  # verdicts cached before the kill (two orders per item)
+        conc = ["--concurrency", str(concurrency)]
+        api.delay = 0.05 * concurrency
+        k = rng.randint(1, 2 * N_ITEMS - 2 * concurrency)  # verdicts cached before the kill (two orders per item)
         cache = run / "cache.jsonl"
-        missed = _kill_when([sys.executable, "-m", "zj_utils.cli", *args],
+        n_before = api.requests
+        missed = _kill_when([sys.executable, "-m", "zj_utils.cli", *args, *conc],
                             lambda: cache.exists() and len(cache.read_bytes().splitlines()) >= k, rng, cwd=str(run),
                             env=dict(_env(), OPENAI_BASE_URL=api.url, OPENAI_API_KEY="sk-resume-test"),
                             max_delay=0.1)
         assert missed is None, missed  # the stub answers slowly: the judge cannot finish before the kill
         assert not (run / "result.json").exists()
         cached = len(cache.read_bytes().splitlines())
+        paid_before_kill = _complete_keys(cache)
+        time.sleep(api.delay + 0.1)  # the calls the killed run left in flight reach the stub's log
+        n_killed = api.requests - n_before
         monkeypatch.chdir(run)
-        assert main(args) == 0
+        api.delay = 0.01
+        assert main(args + conc) == 0
         resumed = json.loads((run / "result.json").read_text())
+        rerun_keys = api.keys[n_before + n_killed:]
     finally:
         api.close()
 
     # what this invocation did differs (it paid for fewer requests); every verdict and number is the same
     ops = ("http_requests", "http_retries", "cache_hits", "cache_bad_lines")
     st_s, st_r = straight.pop("judge_stats"), resumed.pop("judge_stats")
-    assert resumed == straight
+    assert resumed == straight and resumed["n_items"] == N_ITEMS
     assert {k: v for k, v in st_r.items() if k not in ops} == {k: v for k, v in st_s.items() if k not in ops}
     assert st_s["http_requests"] == 2 * N_ITEMS and st_s["cache_hits"] == 0
     # no verdict paid twice: a line cut short by the kill is the only one asked again
     assert st_r["cache_hits"] >= cached - 1 and st_r["cache_hits"] + st_r["http_requests"] == 2 * N_ITEMS
+    # ... by request: the re-run asks for no verdict the killed run had cached, and for none twice; only the calls
+    # the kill caught in flight (at most one per worker) were sent by both runs
+    assert not paid_before_kill & set(rerun_keys) and len(set(rerun_keys)) == len(rerun_keys)
+    assert len(paid_before_kill) + len(rerun_keys) == 2 * N_ITEMS
+    assert n_killed - len(paid_before_kill) <= concurrency

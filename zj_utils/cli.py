@@ -9,6 +9,7 @@
     zj presets                            # what the presets are
     zj estimate --preset qwen2.5-0.5b --stage ppo [--gradient-checkpointing]   # predicted peak memory by part
     zj judge A.jsonl B.jsonl --tests TESTS.jsonl [--judge rule|openai|local] [--world OUT/world] [--model NAME]
+             [--concurrency N] [--dry-run] [--max-items N]
     zj generate --model PATH --tests TESTS.jsonl --out answers.jsonl
 """
 from __future__ import annotations
@@ -142,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--cache", default=None, help="openai: JSONL cache of raw verdicts (default: <out>.cache.jsonl "
                    "or judge_cache.jsonl)")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="openai: judge calls in flight at once (default 1); one back-off for all of them: a 429 "
+                   "pauses every worker. The result is the same as with 1")
+    p.add_argument("--dry-run", action="store_true",
+                   help="LLM judges: print the judge calls (2 orders per item, less those in the cache) and an "
+                   "estimate of the prompt tokens, then stop; sends nothing")
+    p.add_argument("--max-items", type=int, default=None, metavar="N",
+                   help="judge only the first N items answered in both files (a pilot)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("generate", help="answer every test item with a local model ({id, answer} JSONL)")
@@ -218,14 +227,18 @@ def _dispatch(args) -> int:
             print(f"{name:16s} {spec.get('description', '')}")
         return 0
     if args.command == "judge":
-        from .compare import format_table, judge_files
+        from .compare import format_plan, format_table, judge_files
 
         kwargs = {}
         if args.judge == "openai":
             kwargs["cache_path"] = args.cache or (f"{args.out}.cache.jsonl" if args.out else "judge_cache.jsonl")
         result = judge_files(args.a, args.b, args.tests, judge=args.judge, world=args.world, model=args.model,
                              out=args.out, n_boot=args.n_boot, seed=args.seed, judge_kwargs=kwargs,
-                             progress=args.judge != "rule")
+                             progress=args.judge != "rule", concurrency=args.concurrency, max_items=args.max_items,
+                             dry_run=args.dry_run)
+        if args.dry_run:
+            print(format_plan(result["dry_run"]))
+            return 0
         print(format_table(result, args.a, args.b))
         if args.out:
             print(f"wrote {args.out}")

@@ -67,32 +67,81 @@ def summarize(signs_by_dim: dict[str, list], n_boot: int = 1000, seed: int = 0) 
     return out
 
 
-def judge_pairs(items: list[dict], answers_a: dict, answers_b: dict, judge: Judge, n_boot: int = 1000,
-                seed: int = 0, progress: bool = False) -> dict:
-    """Judge every test item both files answer; returns per-dimension summaries, per-set ones (when there is
-    more than one set), per-item signs, and the judge's counters."""
-    both = [it for it in items if it["id"] in answers_a and it["id"] in answers_b]
+def answered_in_both(items: list[dict], answers_a: dict, answers_b: dict, max_items: int | None = None) -> list:
+    """(item, answer A, answer B) for the test items both files answer, in test-file order; the first `max_items`
+    of them when given (a pilot)."""
+    both = [(it, answers_a[it["id"]], answers_b[it["id"]]) for it in items
+            if it["id"] in answers_a and it["id"] in answers_b]
     if not both:
         raise ZJError("No test item is answered in both answer files (ids must match the test file's).")
-    it_ = both
-    if progress:
-        from tqdm.auto import tqdm
-        it_ = tqdm(both, desc=f"judging ({getattr(judge, 'name', 'judge')})")
-    per_item = []
-    for it in it_:
-        v = judge.judge(it, answers_a[it["id"]], answers_b[it["id"]])
-        per_item.append({"id": it["id"], "set": it.get("set")} | {d: v.get(d) for d in DIMS})
+    if max_items is not None:
+        if max_items < 1:
+            raise ZJError(f"--max-items must be at least 1, got {max_items}.")
+        both = both[:max_items]
+    return both
+
+
+def _rate(k: int, n: int) -> float | None:
+    return round(k / n, 4) if n else None
+
+
+def judge_bias(triples: list, per_item: list[dict], stats: dict) -> dict:
+    """How the judge leans, with counts. `longer_answer_wins`: among items with a decided overall verdict (not a
+    tie, not missing) whose two answers differ in length (characters), how often the longer one won.
+    `order_flips` (LLM judges, which see each pair in both orders): among pairs with a parseable verdict in both
+    orders, how many changed with the order on some dimension (counted as ties there), and how many changed their
+    overall verdict."""
+    decided = [(len(a), len(b), r["overall"]) for (_, a, b), r in zip(triples, per_item) if r["overall"] in (1, -1)]
+    differ = [(la, lb, v) for la, lb, v in decided if la != lb]
+    longer = sum((v == 1) == (la > lb) for la, lb, v in differ)
+    out = {"longer_answer_wins": {"decided": len(decided), "equal_length": len(decided) - len(differ),
+                                  "n": len(differ), "longer_wins": longer, "rate": _rate(longer, len(differ))}}
+    if "order_dependent_pairs" in stats:
+        n = stats["pairs"] - stats["unparsed_pairs"] - stats["single_order_pairs"]
+        out["order_flips"] = {"n": n, "pairs": stats["order_dependent_pairs"],
+                              "rate": _rate(stats["order_dependent_pairs"], n),
+                              "dims": stats["order_dependent_dims"],
+                              "overall": stats.get("order_dependent_overall", 0),
+                              "overall_rate": _rate(stats.get("order_dependent_overall", 0), n)}
+    return out
+
+
+def judge_pairs(items: list[dict], answers_a: dict, answers_b: dict, judge: Judge, n_boot: int = 1000,
+                seed: int = 0, progress: bool = False, concurrency: int = 1, max_items: int | None = None) -> dict:
+    """Judge every test item both files answer (the first `max_items` of them when given); returns per-dimension
+    summaries, per-set ones (when there is more than one set), per-item signs, the judge's bias figures and its
+    counters. `concurrency` > 1 keeps that many judge calls in flight (judges with `concurrent`, the openai one);
+    the result is the same as one at a time."""
+    if concurrency < 1:
+        raise ZJError(f"--concurrency must be at least 1, got {concurrency}.")
+    if concurrency > 1 and not getattr(judge, "concurrent", False):
+        raise ZJError(f"--concurrency is for the openai judge; the {getattr(judge, 'name', 'given')} judge makes "
+                      f"one call at a time.")
+    triples = answered_in_both(items, answers_a, answers_b, max_items)
+    if hasattr(judge, "judge_many"):
+        verdicts = judge.judge_many(triples, concurrency=concurrency, progress=progress)
+    else:
+        it_ = triples
+        if progress:
+            from tqdm.auto import tqdm
+            it_ = tqdm(triples, desc=f"judging ({getattr(judge, 'name', 'judge')})")
+        verdicts = [judge.judge(it, a, b) for it, a, b in it_]
+    per_item = [{"id": it["id"], "set": it.get("set")} | {d: v.get(d) for d in DIMS}
+                for (it, _, _), v in zip(triples, verdicts)]
     result = {
-        "judge": repr(judge), "n_items": len(both),
+        "judge": repr(judge), "n_items": len(triples),
         "missing": {"a": sum(it["id"] not in answers_a for it in items),
                     "b": sum(it["id"] not in answers_b for it in items)},
         "dimensions": summarize({d: [r[d] for r in per_item] for d in DIMS}, n_boot, seed),
     }
+    if max_items is not None:
+        result["max_items"] = max_items
     sets = sorted({r["set"] for r in per_item if r["set"]})
     if len(sets) > 1:
         result["by_set"] = {s: summarize({d: [r[d] for r in per_item if r["set"] == s] for d in DIMS}, n_boot, seed)
                             for s in sets}
     result["judge_stats"] = dict(getattr(judge, "stats", {}))
+    result["bias"] = judge_bias(triples, per_item, result["judge_stats"])
     result["per_item"] = per_item
     return result
 
@@ -129,6 +178,22 @@ def _fmt(x, ci) -> str:
     return f"{x:5.1f} [{ci[0]:5.1f},{ci[1]:6.1f}]"
 
 
+def _pct(rate) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def format_plan(plan: dict) -> str:
+    """The dry run's report: what judging would send, before anything is spent."""
+    lines = [f"dry run: nothing sent. {plan['items']} items x 2 orders = {plan['calls']} judge calls: "
+             f"{plan['cached']} answered by the cache, {plan['repeated']} repeat a prompt already counted, "
+             f"{plan['to_send']} to send",
+             f"prompt tokens to send: ~{plan['prompt_tokens_estimate']:,} ({plan['prompt_chars']:,} characters; "
+             f"{plan['token_heuristic']})"]
+    if plan.get("max_completion_tokens") is not None:
+        lines.append(f"completion tokens: at most {plan['max_completion_tokens']:,} (max_tokens per call)")
+    return "\n".join(lines)
+
+
 def format_table(result: dict, a_name: str = "A", b_name: str = "B") -> str:
     lines = [f"{a_name} vs {b_name}: {result['n_items']} items, judge {result['judge']}",
              f"{'dimension':16s} {'n':>4s}  {'win% [95% CI]':>20s}  {'tie% [95% CI]':>20s}  {'loss% [95% CI]':>20s}"
@@ -142,6 +207,18 @@ def format_table(result: dict, a_name: str = "A", b_name: str = "B") -> str:
         lines.append(f"verdicts {st['verdicts']} (unparseable {st['unparsed_verdicts']}), pairs with no verdict "
                      f"{st['unparsed_pairs']}, one order only {st['single_order_pairs']}, order-dependent pairs "
                      f"{st['order_dependent_pairs']} (counted as ties)")
+    bias = result.get("bias")
+    if bias:
+        parts = []
+        fl = bias.get("order_flips")
+        if fl:
+            parts.append(f"the verdict changes with the order in {fl['pairs']} of {fl['n']} pairs judged in both "
+                         f"orders ({_pct(fl['rate'])}; the overall verdict in {fl['overall']}, "
+                         f"{_pct(fl['overall_rate'])})")
+        lw = bias["longer_answer_wins"]
+        parts.append(f"the longer answer wins {lw['longer_wins']} of {lw['n']} decided items with answers of "
+                     f"different length ({_pct(lw['rate'])})")
+        lines.append("judge bias: " + "; ".join(parts))
     am = result.get("auto_metrics")
     if am:
         lines.append(f"automatic metrics on {am['n_items']} items with a reference (A / B):  " + "  ".join(
@@ -164,13 +241,23 @@ def _kg(world: str | Path | None) -> dict | None:
 
 def judge_files(a_path, b_path, tests, judge: str = "rule", world=None, model: str | None = None,
                 out: str | Path | None = None, n_boot: int = 1000, seed: int = 0, judge_kwargs: dict | None = None,
-                progress: bool = False) -> dict:
-    """`zj judge`: load the files, build the judge, judge, write the JSON (when `out`), return the result."""
+                progress: bool = False, concurrency: int = 1, max_items: int | None = None,
+                dry_run: bool = False) -> dict:
+    """`zj judge`: load the files, build the judge, judge, write the JSON (when `out`), return the result. With
+    `dry_run`, return {"dry_run": the judge's plan} (calls, cached, prompt-token estimate) and send nothing."""
+    if dry_run and judge == "rule":
+        raise ZJError("--dry-run is for the LLM judges (openai, local); the rule judge calls no model.")
     items = load_tests(tests)
     answers_a, answers_b = load_answers(a_path), load_answers(b_path)
     j = make_judge(judge, kg=_kg(world), model=model, **(judge_kwargs or {}))
+    if dry_run:
+        return {"dry_run": j.plan(answered_in_both(items, answers_a, answers_b, max_items))}
     result = {"a": str(a_path), "b": str(b_path), "tests": [str(t) for t in ([tests] if isinstance(
-        tests, (str, Path)) else tests)]} | judge_pairs(items, answers_a, answers_b, j, n_boot, seed, progress)
+        tests, (str, Path)) else tests)]} | judge_pairs(items, answers_a, answers_b, j, n_boot, seed, progress,
+                                                        concurrency, max_items)
+    if max_items is not None:  # the automatic metrics on the same items as the verdicts
+        judged = {r["id"] for r in result["per_item"]}
+        items = [it for it in items if it["id"] in judged]
     am = reference_metrics(items, answers_a, answers_b)
     if am:
         result["auto_metrics"] = am

@@ -1,32 +1,36 @@
 """Pairwise judges behind one interface: `judge(item, answer_a, answer_b) -> {dimension: +1/0/-1}` from A's side,
 for the rubric's dimensions (safety, professionalism, fluency) and `overall` by the paper's rule (the first
-dimension in priority order that differs decides).
+dimension in priority order that differs decides). The LLM judges also have `judge_many(triples, concurrency)`, the
+same verdicts for many pairs at once, in the order given.
 
 - `RuleJudge(kg)`: the rule-based judge of the synthetic world (`zj_utils.judge`), which knows the truth.
-- `OpenAIChatJudge(model)`: an LLM judge over any OpenAI-compatible chat-completions HTTP API (standard library
-  only). Each pair is judged in both orders; a verdict that changes with the order becomes a tie. Retries with
-  exponential backoff on timeouts, 429 and 5xx (Retry-After respected); every raw verdict is appended to a JSONL
-  cache keyed by a hash of model + request, so an interrupted run resumes without paying twice; unparseable
+- `OpenAIChatJudge(model)`: an LLM judge over any OpenAI-compatible chat-completions API (OpenAI, vLLM, llama.cpp
+  server, ...), sent through the `openai` client library with its own retries switched off. Each pair is judged in
+  both orders; a verdict that changes with the order becomes a tie. Retries with exponential backoff on timeouts,
+  dropped connections, malformed replies, 429 and 5xx (Retry-After respected), and with `concurrency` > 1 the
+  back-off is shared: while any worker waits one out, no worker sends. Every raw verdict is appended to a JSONL
+  cache keyed by a hash of model + request (one whole line, fsync'ed, before the call counts as paid), and no two
+  workers send the same uncached prompt at once, so an interrupted run resumes without paying twice; unparseable
   verdicts are counted, not fatal. The API key is read from the environment at request time and is never stored
   on the object, in the cache, in logs or in exceptions.
-- `LocalModelJudge(model_path)`: the same prompt through a local transformers causal LM, greedy.
+- `LocalModelJudge(model_path)`: the same prompt through a local transformers causal LM, greedy, one at a time.
 
 An LLM judge returns `None` for every dimension of a pair where neither order gave a parseable verdict; the
 statistics leave those out and report how many there were (`judge.stats["unparsed_pairs"]`).
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
-import http.client
 import json
 import logging
+import math
 import os
+import queue
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Protocol
 
@@ -154,7 +158,7 @@ def combine_orders(ab: dict | None, ba: dict | None) -> tuple[dict, dict]:
     A dimension keeps its sign only when both orders agree; a verdict that changes with the order is a tie.
     With one parseable order, that one is used alone; with none, every dimension is None."""
     ba_a = {d: -v for d, v in ba.items()} if ba is not None else None
-    info = {"orders_parsed": (ab is not None) + (ba is not None), "flipped": []}
+    info = {"orders_parsed": (ab is not None) + (ba is not None), "flipped": [], "overall_flipped": False}
     if ab is None and ba_a is None:
         return {d: None for d in DIMS}, info
     if ab is None or ba_a is None:
@@ -165,6 +169,7 @@ def combine_orders(ab: dict | None, ba: dict | None) -> tuple[dict, dict]:
             out[d] = ab[d] if ab[d] == ba_a[d] else 0
             if ab[d] != ba_a[d]:
                 info["flipped"].append(d)
+        info["overall_flipped"] = overall(ab) != overall(ba_a)
     out["overall"] = overall(out)
     return out, info
 
@@ -173,16 +178,36 @@ class _PromptJudge:
     """Shared by the LLM judges: both orders, parsing, combination and counters."""
 
     name = "llm"
+    concurrent = False  # whether judge_many can keep more than one call in flight
 
     def __init__(self):
         self.stats = {"pairs": 0, "verdicts": 0, "unparsed_verdicts": 0, "unparsed_pairs": 0, "single_order_pairs": 0,
-                      "order_dependent_dims": 0, "order_dependent_pairs": 0}
+                      "order_dependent_dims": 0, "order_dependent_pairs": 0, "order_dependent_overall": 0}
 
     def _complete(self, messages: list[dict]) -> str:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
 
-    def _one(self, item, first, second) -> dict | None:
-        raw = self._complete(build_messages(item, first, second))
+    def _is_cached(self, messages: list[dict]) -> bool:
+        return False
+
+    def _complete_many(self, messages: list[list[dict]], concurrency: int = 1, progress: bool = False) -> list[str]:
+        """The raw reply to each prompt, in order. This one asks one at a time."""
+        if concurrency > 1:
+            raise ZJError(f"The {self.name} judge answers one prompt at a time (--concurrency is for the openai "
+                          f"judge).")
+        bar = _progress_bar(len(messages), 0, len(messages), self.name) if progress else None
+        out = []
+        try:
+            for m in messages:
+                out.append(self._complete(m))
+                if bar is not None:
+                    bar.update()
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def _verdict(self, item: dict, raw: str) -> dict | None:
         self.stats["verdicts"] += 1
         v = parse_verdict(raw)
         if v is None:
@@ -190,16 +215,85 @@ class _PromptJudge:
             log.info("unparseable verdict for item %s: %r", item.get("id"), (raw or "")[:80])
         return v
 
+    @staticmethod
+    def _prompts(triples) -> list[list[dict]]:
+        """Two prompts per pair, (A, B) then (B, A)."""
+        return [build_messages(item, x, y) for item, a, b in triples for x, y in ((a, b), (b, a))]
+
     def judge(self, item: dict, answer_a: str, answer_b: str) -> dict:
-        ab = self._one(item, answer_a, answer_b)
-        ba = self._one(item, answer_b, answer_a)
-        out, info = combine_orders(ab, ba)
-        self.stats["pairs"] += 1
-        self.stats["unparsed_pairs"] += info["orders_parsed"] == 0
-        self.stats["single_order_pairs"] += info["orders_parsed"] == 1
-        self.stats["order_dependent_dims"] += len(info["flipped"])
-        self.stats["order_dependent_pairs"] += bool(info["flipped"])
+        return self.judge_many([(item, answer_a, answer_b)])[0]
+
+    def judge_many(self, triples, concurrency: int = 1, progress: bool = False) -> list[dict]:
+        """`judge(item, a, b)` for every (item, a, b) of `triples`, in that order. The calls may run concurrently;
+        the replies are then parsed and counted in order, so verdicts and counters are the serial run's."""
+        triples = list(triples)
+        raws = self._complete_many(self._prompts(triples), concurrency, progress)
+        out = []
+        for k, (item, _, _) in enumerate(triples):
+            ab, ba = self._verdict(item, raws[2 * k]), self._verdict(item, raws[2 * k + 1])
+            verdict, info = combine_orders(ab, ba)
+            self.stats["pairs"] += 1
+            self.stats["unparsed_pairs"] += info["orders_parsed"] == 0
+            self.stats["single_order_pairs"] += info["orders_parsed"] == 1
+            self.stats["order_dependent_dims"] += len(info["flipped"])
+            self.stats["order_dependent_pairs"] += bool(info["flipped"])
+            self.stats["order_dependent_overall"] += info["overall_flipped"]
+            out.append(verdict)
         return out
+
+    def plan(self, triples, max_tokens: int | None = None) -> dict:
+        """What judging `triples` would cost, without sending anything: the calls (two orders per pair), how many
+        the cache already answers, how many repeat a prompt counted before, and an estimate of the prompt tokens
+        of the calls left (see `estimate_prompt_tokens`)."""
+        msgs = self._prompts(triples)
+        cached = dup = tokens = chars = 0
+        seen = set()
+        for m in msgs:
+            key = json.dumps(m, ensure_ascii=False, sort_keys=True)
+            if self._is_cached(m):
+                cached += 1
+            elif key in seen:
+                dup += 1
+            else:
+                seen.add(key)
+                tokens += estimate_prompt_tokens(m)
+                chars += sum(len(x["content"]) for x in m)
+        max_tokens = getattr(self, "max_tokens", None) if max_tokens is None else max_tokens
+        return {"items": len(msgs) // 2, "calls": len(msgs), "cached": cached, "repeated": dup,
+                "to_send": len(seen), "prompt_chars": chars, "prompt_tokens_estimate": tokens,
+                "max_completion_tokens": len(seen) * max_tokens if max_tokens else None,
+                "token_heuristic": TOKEN_HEURISTIC}
+
+
+# --------------------------------------------------------------------------- cost estimate
+
+TOKEN_HEURISTIC = ("an estimate, not a tokenizer: 1 token per CJK character or full-width sign, 1 per 4 other "
+                   "characters, 4 per message and 3 per request; real tokenizers differ by model by tens of percent")
+
+
+def _cjk(ch: str) -> bool:
+    o = ord(ch)
+    return (0x2E80 <= o <= 0x9FFF or 0xAC00 <= o <= 0xD7AF or 0xF900 <= o <= 0xFAFF or 0xFE30 <= o <= 0xFE4F
+            or 0xFF00 <= o <= 0xFFEF or 0x20000 <= o <= 0x3FFFF)
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count of `text` (TOKEN_HEURISTIC): CJK characters one each, the rest four to a token."""
+    cjk = sum(map(_cjk, text))
+    return cjk + math.ceil((len(text) - cjk) / 4)
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> int:
+    """Rough prompt tokens of one chat request (TOKEN_HEURISTIC), with OpenAI's per-message framing."""
+    return 3 + sum(4 + estimate_tokens(m["content"]) for m in messages)
+
+
+def _progress_bar(total: int, done: int, to_send: int, name: str):
+    from tqdm.auto import tqdm
+
+    # `initial` = the calls the cache answers: tqdm's rate and ETA count only what is done after the start
+    return tqdm(total=total, initial=done, unit="call", dynamic_ncols=True,
+                desc=f"judge calls ({name}: {to_send} to send, {done} cached)")
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP API
@@ -208,6 +302,10 @@ class _RetryableError(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.reason, self.retry_after = reason, retry_after
+
+
+class _Aborted(Exception):
+    """A worker stops because the run is stopping (another worker's error, Ctrl-C)."""
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -222,6 +320,47 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
+def _retry_after_headers(headers) -> float | None:
+    """The server's wait: `retry-after-ms` (OpenAI sends it) before `Retry-After` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    return _retry_after(headers.get("retry-after"))
+
+
+class _SharedBackoff:
+    """One back-off for all the workers of a judge. A worker that meets a retryable failure (a 429 and its
+    Retry-After, a 5xx, a timeout) holds the gate closed while it waits its delay out; every worker waits for the
+    gate to be open before each request it sends. So a 429 seen by one worker pauses them all, and they resume
+    together when the last wait in progress ends. Requests already in flight are not recalled."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._holders = 0
+
+    @contextlib.contextmanager
+    def hold(self):
+        with self._cond:
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holders -= 1
+                if not self._holders:
+                    self._cond.notify_all()
+
+    def wait_open(self, abort: threading.Event) -> None:
+        with self._cond:
+            while self._holders and not abort.is_set():
+                self._cond.wait(0.05)
+
+
 class OpenAIChatJudge(_PromptJudge):
     """LLM judge over `POST {base_url}/chat/completions` (OpenAI, vLLM, llama.cpp server, ... all speak it).
 
@@ -229,6 +368,7 @@ class OpenAIChatJudge(_PromptJudge):
     $`api_key_env` at each request (no Authorization header when it is unset, for local servers)."""
 
     name = "openai"
+    concurrent = True
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  cache_path: str | Path | None = "judge_cache.jsonl", timeout: float = 60.0, max_retries: int = 6,
@@ -244,9 +384,14 @@ class OpenAIChatJudge(_PromptJudge):
         self.max_retry_after = float(max_retry_after)
         self.temperature, self.max_tokens = temperature, max_tokens
         self.cache_path = Path(cache_path) if cache_path else None
-        self._sleep = time.sleep  # tests swap this to record the waits
-        self._lock = threading.Lock()
+        self._abort = threading.Event()  # set while a concurrent run is stopping
+        self._sleep = self._abort.wait  # a back-off wait that a stopping run cuts short; tests swap it to record
+        self._lock = threading.Lock()  # the cache file: one whole line at a time
+        self._state = threading.Lock()  # the in-memory cache, the prompts in flight and the counters
         self._cache: dict[str, str] = {}
+        self._inflight: dict[str, threading.Event] = {}
+        self._backoff_gate = _SharedBackoff()
+        self._client = None
         self._needs_newline = False
         self.stats.update({"http_requests": 0, "http_retries": 0, "cache_hits": 0, "cache_bad_lines": 0})
         self._load_cache()
@@ -254,6 +399,10 @@ class OpenAIChatJudge(_PromptJudge):
     def __repr__(self) -> str:
         return (f"OpenAIChatJudge(model={self.model!r}, url={self.url!r}, api_key_env={self.api_key_env!r}, "
                 f"cache={str(self.cache_path) if self.cache_path else None!r})")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._state:
+            self.stats[name] += n
 
     # -- cache ---------------------------------------------------------------------------------------------
     def _load_cache(self) -> None:
@@ -271,19 +420,27 @@ class OpenAIChatJudge(_PromptJudge):
                 self.stats["cache_bad_lines"] += 1
 
     def _append(self, key: str, raw: str) -> None:
-        self._cache[key] = raw
-        if not self.cache_path:
-            return
-        rec = {"key": key, "model": self.model, "raw": raw, "time": round(time.time(), 3)}
-        with self._lock:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_path, "a", encoding="utf-8") as f:
+        """Record a paid verdict: one whole line, written with one append and fsync'ed, before anyone may take the
+        call as paid (the in-memory cache is filled after). A line cut short by a kill is skipped on reload, and
+        the next line starts on a line of its own."""
+        if self.cache_path:
+            rec = {"key": key, "model": self.model, "raw": raw, "time": round(time.time(), 3)}
+            line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+            with self._lock:
                 if self._needs_newline:
-                    f.write("\n")
-                    self._needs_newline = False
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                    line = b"\n" + line
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.cache_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._needs_newline = False
+        with self._state:
+            self._cache[key] = raw
 
     def _body(self, messages: list[dict]) -> dict:
         return {"model": self.model, "messages": messages, "temperature": self.temperature,
@@ -293,55 +450,177 @@ class OpenAIChatJudge(_PromptJudge):
     def cache_key(body: dict) -> str:
         return hashlib.sha256(json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
-    # -- HTTP ----------------------------------------------------------------------------------------------
+    def _is_cached(self, messages: list[dict]) -> bool:
+        return self.cache_key(self._body(messages)) in self._cache
+
+    # -- calls ---------------------------------------------------------------------------------------------
     def _complete(self, messages: list[dict]) -> str:
         body = self._body(messages)
-        key = self.cache_key(body)
-        if key in self._cache:
-            self.stats["cache_hits"] += 1
-            return self._cache[key]
-        raw = self._post(json.dumps(body, ensure_ascii=False).encode("utf-8"))
-        self._append(key, raw)
+        return self._complete_key(self.cache_key(body), body)
+
+    def _complete_key(self, key: str, body: dict) -> str:
+        """The raw verdict for `body`: from the cache, else paid for once. A worker that finds the same prompt in
+        flight in another worker waits for that one's verdict instead of sending it again (if that worker fails,
+        the waiter tries itself)."""
+        while True:
+            with self._state:
+                if key in self._cache:
+                    self.stats["cache_hits"] += 1
+                    return self._cache[key]
+                pending = self._inflight.get(key)
+                if pending is None:
+                    pending = self._inflight[key] = threading.Event()
+                    break
+            pending.wait()
+        try:
+            raw = self._post(body)
+            self._append(key, raw)
+        finally:
+            with self._state:
+                self._inflight.pop(key, None)
+            pending.set()
         return raw
+
+    def _complete_many(self, messages: list[list[dict]], concurrency: int = 1, progress: bool = False) -> list[str]:
+        """The raw verdict for every prompt, in order, with up to `concurrency` calls in flight (worker threads).
+        The first error stops the run: no worker takes a new prompt, the calls in flight finish (and are cached),
+        then the error is raised here. Ctrl-C does the same."""
+        bodies = [self._body(m) for m in messages]
+        keys = [self.cache_key(b) for b in bodies]
+        raws: list = [None] * len(keys)
+        with self._state:
+            todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        todo_set = set(todo)
+        bar = _progress_bar(len(keys), len(keys) - len(todo), len({keys[i] for i in todo}), self.name) \
+            if progress else None
+        try:
+            for i in range(len(keys)):
+                if i not in todo_set:
+                    raws[i] = self._complete_key(keys[i], bodies[i])
+            if concurrency <= 1 or len(todo) <= 1:
+                for i in todo:
+                    raws[i] = self._complete_key(keys[i], bodies[i])
+                    if bar is not None:
+                        bar.update()
+            else:
+                self._run_workers(todo, keys, bodies, raws, concurrency, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return raws
+
+    def _run_workers(self, todo, keys, bodies, raws, concurrency, bar) -> None:
+        work: queue.SimpleQueue = queue.SimpleQueue()
+        for i in todo:
+            work.put(i)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+
+        def worker():
+            while not self._abort.is_set():
+                try:
+                    i = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, self._complete_key(keys[i], bodies[i]), None))
+                except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                    self._abort.set()  # at once: no worker sends another request
+                    done.put((i, None, e))
+                    return
+
+        self._abort.clear()
+        threads = [threading.Thread(target=worker, name=f"zj-judge-{w}", daemon=True)
+                   for w in range(min(concurrency, len(todo)))]
+        for t in threads:
+            t.start()
+        error = None
+        try:
+            for _ in range(len(todo)):
+                while True:
+                    try:
+                        i, raw, error = done.get(timeout=0.2)
+                        break
+                    except queue.Empty:
+                        continue
+                if error is not None:
+                    break
+                raws[i] = raw
+                if bar is not None:
+                    bar.update()
+        finally:
+            self._abort.set()
+            if any(t.is_alive() for t in threads):
+                log.warning("judge: stopping; waiting for the calls in flight (at most %.0f s) so that their "
+                            "verdicts are cached", self.timeout)
+            for t in threads:
+                t.join()
+            self._abort.clear()
+        if error is not None:
+            raise error
+
+    # -- HTTP ----------------------------------------------------------------------------------------------
+    def _http(self):
+        """The openai client (made on first use, shared by the workers: it is thread-safe). Its own retries are
+        off (max_retries=0) and ours, with the back-off shared by every worker, are the only ones: a retry inside
+        the client would sleep in one worker only while the others kept sending into the rate limit, and would
+        escape our counters and warnings. The client gets no key (a placeholder it never sends): each request
+        carries the Authorization header built from the environment at that moment."""
+        with self._state:
+            if self._client is None:
+                try:
+                    import openai
+                except ImportError:
+                    raise ZJError("The openai judge needs the openai package: pip install 'openai>=3,<4'.") from None
+                self._client = openai.OpenAI(api_key="not-sent", base_url=self.base_url, timeout=self.timeout,
+                                             max_retries=0)
+            return self._client
 
     def _scrub(self, text: str) -> str:
         secret = os.environ.get(self.api_key_env)
         return text.replace(secret, "***") if secret else text
 
-    def _request_once(self, data: bytes) -> str:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    def _request_once(self, body: dict) -> str:
+        import openai
+
+        client = self._http()
         secret = os.environ.get(self.api_key_env)
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        self.stats["http_requests"] += 1
+        headers = {"Authorization": f"Bearer {secret}" if secret else openai.Omit()}
+        del secret
+        self._count("http_requests")
+        failure = None  # raised below, outside the except clauses: no exception chain holds the request or key
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                text = resp.read().decode("utf-8", errors="replace")
-        except urllib.error.HTTPError as e:
-            status, after = e.code, _retry_after(e.headers.get("Retry-After") if e.headers else None)
+            text = client.chat.completions.with_raw_response.create(**body, extra_headers=headers).http_response.text
+        except openai.APIStatusError as e:
             try:
-                detail = e.read().decode("utf-8", errors="replace")[:200]
+                detail = e.response.text[:200]
             except Exception:  # noqa: BLE001 - the body is only a hint
                 detail = ""
-            e.close()
+            failure = (e.status_code, _retry_after_headers(e.response.headers), detail)
+        except openai.APIConnectionError as e:  # timeouts, refused and dropped connections
+            failure = (None, None, f"{type(e).__name__} ({type(e.__cause__).__name__ if e.__cause__ else 'no cause'})")
+        del headers
+        if failure is not None:
+            status, after, detail = failure
+            if status is None:
+                raise _RetryableError(self._scrub(detail))
             if status == 429 or 500 <= status < 600:
-                raise _RetryableError(f"HTTP {status}", after) from None
+                raise _RetryableError(f"HTTP {status}", after)
             hint = f" (is ${self.api_key_env} set and valid?)" if status in (401, 403) else \
                 f": {self._scrub(' '.join(detail.split()))}" if detail else ""
-            raise ZJError(f"judge API {self.url} answered HTTP {status}{hint}") from None
-        except (TimeoutError, ConnectionError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            reason = getattr(e, "reason", None) or type(e).__name__
-            raise _RetryableError(f"{type(e).__name__}: {self._scrub(str(reason))}") from None
+            raise ZJError(f"judge API {self.url} answered HTTP {status}{hint}")
         try:
             return json.loads(text)["choices"][0]["message"]["content"] or ""
         except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-            raise _RetryableError("malformed response (no choices[0].message.content)") from None
+            pass
+        raise _RetryableError("malformed response (no choices[0].message.content)")
 
-    def _post(self, data: bytes) -> str:
+    def _post(self, body: dict) -> str:
         for attempt in range(self.max_retries + 1):
+            self._backoff_gate.wait_open(self._abort)
+            if self._abort.is_set():
+                raise _Aborted()
             try:
-                return self._request_once(data)
+                return self._request_once(body)
             except _RetryableError as e:
                 if attempt == self.max_retries:
                     raise ZJError(f"judge API {self.url}: gave up after {attempt + 1} attempts "
@@ -349,10 +628,11 @@ class OpenAIChatJudge(_PromptJudge):
                 delay = min(self.max_backoff, self.backoff * 2 ** attempt)
                 if e.retry_after is not None:
                     delay = min(self.max_retry_after, e.retry_after)
-                self.stats["http_retries"] += 1
-                log.warning("judge API %s: %s; retry %d/%d in %.2f s", self.url, e.reason, attempt + 1,
-                            self.max_retries, delay)
-                self._sleep(delay)
+                self._count("http_retries")
+                log.warning("judge API %s: %s; retry %d/%d in %.2f s (every worker waits)", self.url, e.reason,
+                            attempt + 1, self.max_retries, delay)
+                with self._backoff_gate.hold():
+                    self._sleep(delay)
         raise AssertionError("unreachable")
 
 
