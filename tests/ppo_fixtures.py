@@ -41,3 +41,33 @@ def use_rollout(monkeypatch, rollout):
     import zj_utils.ppo as P
 
     monkeypatch.setattr(P, "generate_rollouts", lambda policy, tokenizer, prompts, cfg: rollout)
+
+
+def sgd_update(rows, lr: float = 0.5, ppo_epochs: int = 2):
+    """One ppo_step on the fixed rollout's `rows` (a list of row indices) with plain SGD and no gradient clipping,
+    so an update is lr x the gradient itself (AdamW's first step is about lr x its sign: blind to a gradient
+    summed where it should be averaged). Whitening is off: under DDP each rank whitens its own share. Returns the
+    trainable parameters (LoRA + value head) flattened, before and after. Runs under torch.distributed when a
+    process group is initialised (then each rank passes its own rows)."""
+    import zj_utils.ppo as P
+    from test_ppo import make_policy, make_tokenizer
+    from zj_utils.ppo import KLController, PPOConfig, ValueHead
+
+    tok = make_tokenizer()
+    policy, vh = make_policy(tok, seed=0), ValueHead(32)
+    params = [p for p in policy.parameters() if p.requires_grad] + list(vh.parameters())
+    flat = lambda: torch.cat([p.detach().flatten() for p in params]).clone()  # noqa: E731
+    before = flat()
+    ro = fixed_rollout(tok, [PROMPTS[i] for i in rows], [RESPONSES[i] for i in rows], [HAS_EOS[i] for i in rows],
+                       width=max(len(r) for r in RESPONSES) + 1)
+    cfg = PPOConfig(batch_size=len(rows), mini_batch_size=len(rows), ppo_epochs=ppo_epochs, kl_coef=0.05,
+                    missing_eos_penalty=-1.0, whiten_advantages=False, max_grad_norm=1e9)
+    real = P.generate_rollouts
+    P.generate_rollouts = lambda policy, tokenizer, prompts, cfg: ro
+    try:
+        stats = P.ppo_step(policy, vh, torch.optim.SGD(params, lr=lr), tok, None, ro.messages, cfg,
+                           KLController(cfg.kl_coef), torch.Generator().manual_seed(0), reward_fn=length_reward)
+    finally:
+        P.generate_rollouts = real
+    assert stats["skipped_batches"] == 0, stats
+    return before, flat()
