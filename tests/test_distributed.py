@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -49,17 +50,23 @@ def _run(cmd, out):
 
 def _launch(cmd, env, timeout):
     """Run a 2-process launch. On a loaded machine about 1 launch in 7 lost a rank at start-up (exit 1, nothing
-    printed; cause not found), so a launch that fails is tried again, up to 3 times, and every failed attempt's
-    output is shown if none succeeds. A launch that succeeds is checked in full: retries never relax a check."""
+    printed; cause not found), so a launch that fails is tried again, up to 3 times. Every failed attempt is
+    counted and shown: printed, and as a warning in pytest's summary even when a later attempt passes; if none
+    succeeds, all their outputs are the failure. A launch that succeeds is checked in full: retries never relax a
+    check."""
     failures = []
     for _ in range(3):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode == 0:
             if failures:
-                print(f"launch succeeded after {len(failures)} failed attempt(s):\n" + "\n".join(failures))
+                msg = (f"2-process launch succeeded after {len(failures)} failed attempt(s):\n"
+                       + "\n---\n".join(failures))
+                print(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
             return proc
         failures.append(_tail(proc))
-    raise AssertionError("\n---\n".join(failures))
+        print(f"2-process launch failed (attempt {len(failures)} of 3):\n{failures[-1]}")
+    raise AssertionError(f"all {len(failures)} launches failed:\n" + "\n---\n".join(failures))
 
 
 def _tail(proc) -> str:
@@ -119,6 +126,7 @@ from zj_utils.ppo import PPOConfig, train_ppo
 dist.init_process_group("gloo")
 tok = make_tokenizer()
 policy = make_policy(tok)
+start = torch.cat([p.detach().flatten() for p in policy.parameters() if p.requires_grad]).clone()
 cfg = PPOConfig(steps=3, batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=3e-3, max_new_tokens=8,
                 save_every=2)
 summary = train_ppo(policy, tok, make_counting_rm(tok), PROMPTS, cfg, sys.argv[1], seed=0)
@@ -127,7 +135,7 @@ every = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(every, flat)
 if dist.get_rank() == 0:
     print("RESULT", json.dumps({{"diff": float((every[0] - every[1]).abs().max()),
-                                "moved": float((flat - every[0]).abs().max()), "norm": float(flat.norm())}}))
+                                "moved": float((flat - start).abs().max()), "norm": float(flat.norm())}}))
 dist.destroy_process_group()
 """
 
@@ -141,8 +149,49 @@ def test_our_ppo_under_torchrun_keeps_ranks_in_step_and_writes_once(tmp_path):
     proc = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     str(script), str(out)], env, 180)
     res = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][0][7:])
-    assert res["diff"] == 0.0 and res["norm"] > 0
+    # the ranks hold the same adapter, and it is not the one they started from (lora_A starts random, so a
+    # norm > 0 alone would hold without any update)
+    assert res["diff"] == 0.0 and res["moved"] > 1e-4, res
     rows = [json.loads(l) for l in (out / "ppo_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # one writer, not two interleaved
     assert json.loads((out / "latest.json").read_text())["step"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+DDP_STEP_SCRIPT = """
+import sys
+import torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from ppo_fixtures import sgd_update
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+before, after = sgd_update([2 * rank, 2 * rank + 1])
+every = [torch.zeros_like(after) for _ in range(dist.get_world_size())]
+dist.all_gather(every, after)
+if rank == 0:
+    torch.save({{"before": before, "after": after, "every": every}}, sys.argv[1])
+dist.destroy_process_group()
+"""
+
+
+def test_ppo_ddp_update_equals_the_one_process_update_on_the_global_batch(tmp_path):
+    """Two ranks, each with half of a fixed batch of 4 (7 response tokens each), make the same update as one process
+    with all 4: the gradients are averaged over the ranks, not summed. SGD without clipping makes the update
+    proportional to the gradient (AdamW's first step would be blind to a factor 2); two epochs, so the second
+    update starts from the first."""
+    from ppo_fixtures import sgd_update
+
+    torch.set_num_threads(1)
+    before1, after1 = sgd_update([0, 1, 2, 3])
+    script = tmp_path / "ppo_ddp_step.py"
+    script.write_text(DDP_STEP_SCRIPT.format(tests=str(ROOT / "tests")))
+    env = dict(os.environ, ZJ_THREADS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             str(script), str(tmp_path / "two.pt")], env, 180)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert torch.equal(two["before"], before1)  # the same start on every process
+    assert torch.equal(two["every"][0], two["every"][1])  # ranks in step
+    one_update, two_update = after1 - before1, two["after"] - two["before"]
+    assert one_update.abs().max() > 1e-3  # it moved (LoRA B and the value head start at 0)
+    torch.testing.assert_close(two_update, one_update, rtol=1e-4, atol=1e-6)

@@ -52,7 +52,8 @@ def test_layer_activations_by_hand():
 @pytest.mark.parametrize("dropout,targets", [(0.0, "all-linear"), (0.05, "all-linear"), (0.1, ["q_proj", "v_proj"])])
 def test_layer_activations_equal_what_autograd_saves(dropout, targets):
     """The per-layer count is exact on CPU: bytes autograd keeps for backward in a 3-layer minus a 2-layer nf4
-    model with LoRA, counted by storage through saved_tensors_hooks."""
+    model with LoRA, counted by storage through saved_tensors_hooks. On a GPU the model is there (nf4 loads to
+    cuda:0) and the count is held to the estimator's GPU byte sizes (1-byte dropout masks)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from zj_utils.common import load_model
@@ -79,13 +80,14 @@ def test_layer_activations_equal_what_autograd_saves(dropout, targets):
                 storages[st.data_ptr()] = st.nbytes()
             return t
 
-        ids = torch.randint(0, 300, (2, 32))
+        ids = torch.randint(0, 300, (2, 32)).to(model.device)  # nf4 goes to cuda:0 where there is a GPU
+        kind = "gpu" if model.device.type == "cuda" else "cpu"
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(input_ids=ids, labels=ids).loss.backward()
         saved[layers] = sum(storages.values())
     per_layer = (saved[3] - saved[2]) / 64
     tg = lora_targets(shape, targets)
-    assert per_layer == layer_activation_bytes(shape, tg, 4, dropout, act_bytes("float32", "cpu"))
+    assert per_layer == layer_activation_bytes(shape, tg, 4, dropout, act_bytes("float32", kind))
 
 
 def test_estimate_parts_and_fits():

@@ -6,6 +6,7 @@ import string
 import pytest
 import torch
 
+from determinism import deterministic  # noqa: F401 - a fixture
 from zj_utils.ppo import (
     KLController, LOG_KEYS, PPOConfig, Rollout, ValueHead, compute_gae, compute_logprobs,
     compute_rewards, entropy_from_logits, fit_reward_norm, generate_rollouts, kl_horizon, kl_penalty,
@@ -470,7 +471,7 @@ def test_ppo_raises_the_score_and_keeps_the_reference(tok, tmp_path):
     assert (tmp_path / "value_head.safetensors").exists()
 
 
-def test_same_seed_same_log(tok, tmp_path):
+def test_same_seed_same_log(tok, tmp_path, deterministic):
     timing = {"seconds", "tokens_per_s"}
     logs = []
     for d in ("a", "b"):
@@ -495,7 +496,7 @@ def _probe(tok):
     return probe
 
 
-def test_killed_run_resumes_to_the_same_log_and_weights(tok, tmp_path):
+def test_killed_run_resumes_to_the_same_log_and_weights(tok, tmp_path, deterministic):
     """A run killed after its step-2 checkpoint and resumed gives the log, probe rows, reward normalisation and
     adapter of an uninterrupted run; the checkpoint holds what that needs."""
     from peft import get_peft_model_state_dict
@@ -588,7 +589,7 @@ def test_cuda_rng_is_saved_and_restored(tok, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_ppo_resume_on_cuda(tok, tmp_path):
+def test_ppo_resume_on_cuda(tok, tmp_path, deterministic):
     """On a GPU, generate() samples from the CUDA generator: a killed and resumed run must restore it to give
     the uninterrupted run's log."""
     timing = {"seconds", "tokens_per_s"}

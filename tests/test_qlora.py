@@ -23,7 +23,7 @@ def test_nf4_double_quant_and_lora_gradients_reach_the_first_layer_after_an_eval
     q_proj = model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     assert q_proj.weight.quant_state.quant_type == "nf4" and q_proj.weight.quant_state.nested  # double quant
-    x = torch.randint(0, 128, (2, 16))
+    x = torch.randint(0, 128, (2, 16)).to(model.device)  # nf4 goes to cuda:0 where there is a GPU
     model.eval()
     with torch.no_grad():
         model(input_ids=x)  # an evaluation before training, as the pretrain stage does

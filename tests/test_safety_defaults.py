@@ -177,16 +177,68 @@ def test_api_key_is_used_but_written_nowhere(tmp_path, monkeypatch, capsys, capl
 KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}|\bBearer\s+[A-Za-z0-9._-]{16,}")
 
 
-def test_notebooks_hold_no_outputs_and_no_keys():
+def _key_in(text: str) -> str | None:
+    m = KEY_LIKE.search(text)
+    return m.group(0) if m else (SENTINEL if SENTINEL in text else None)
+
+
+def test_committed_notebooks_hold_no_outputs_and_no_keys():
     books = sorted((ROOT / "notebooks").glob("*.ipynb"))
-    executed = sorted((ROOT / "runs").glob("*/notebooks/*.ipynb"))  # executed copies, outputs and all
     assert books
-    for path in books + executed:
+    for path in books:
         nb = nbformat.read(path, as_version=4)
-        if path in books:
-            assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path
-        text = path.read_text(encoding="utf-8")
-        assert not KEY_LIKE.search(text), f"{path}: {KEY_LIKE.search(text).group(0)[:12]}..."
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path
+        found = _key_in(path.read_text(encoding="utf-8"))
+        assert not found, f"{path}: {found[:12]}..."
+
+
+# A notebook executed as `zj reproduce` executes the numbered ones (papermill, the python3 kernel), with the key in
+# the kernel's environment: it uses the key against a loopback API, turns on debug logging, prints the judge and
+# its state, and ends with the uncaught error of an API that echoes the Authorization header back (the executed
+# copy then holds a traceback, as after a failed stage). None of its outputs may hold the key.
+KEY_NOTEBOOK_CELLS = [
+    "import logging, os\nlogging.basicConfig(level=logging.DEBUG, force=True)\n"
+    "print('key in the kernel environment:', os.environ.get('OPENAI_API_KEY', '').startswith('sk-'))",
+    "from zj_utils.judges import make_judge\nfrom zj_utils.presets import get_preset\n"
+    "item = {'id': 't0', 'messages': [{'role': 'user', 'content': '发热'}], 'expect': {}}\n"
+    "judge = make_judge('openai', model='stub', cache_path=None)\n"
+    "print(judge.judge(item, 'A', 'B'), judge.stats, vars(judge))\nget_preset('smoke')",
+    "judge",
+    "bad = make_judge('openai', model='reject-me', cache_path=None, max_retries=0)\nbad.judge(item, 'A', 'B')",
+]
+
+
+def test_a_freshly_executed_notebook_holds_no_key(tmp_path, monkeypatch):
+    """Executed here rather than read from runs/, which a clean checkout does not have (about 10 s: one kernel)."""
+    import papermill as pm
+
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_code_cell(src) for src in KEY_NOTEBOOK_CELLS]
+    nbformat.write(book, tmp_path / "keys.ipynb")
+    api = EchoingAPI()
+    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)
+    monkeypatch.setenv("OPENAI_BASE_URL", api.url)
+    try:
+        with pytest.raises(pm.PapermillExecutionError, match="HTTP 400"):
+            pm.execute_notebook(str(tmp_path / "keys.ipynb"), str(tmp_path / "executed.ipynb"), kernel_name="python3",
+                                cwd=str(tmp_path), progress_bar=False, log_output=False)
+    finally:
+        api.close()
+    assert api.auth and all(a == f"Bearer {SENTINEL}" for a in api.auth)  # the kernel really used the key
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    outputs = [c.get("outputs", []) for c in executed.cells if c.cell_type == "code"]
+    text = json.dumps(outputs, ensure_ascii=False)
+    assert "key in the kernel environment: True" in text  # the key reached the kernel
+    assert "OpenAIChatJudge(model='stub'" in text and "'verdicts': 2" in text  # the judge ran and was shown
+    assert outputs[-1] and outputs[-1][-1]["output_type"] == "error" and "HTTP 400" in text
+    found = _key_in((tmp_path / "executed.ipynb").read_text(encoding="utf-8"))
+    assert not found, f"the executed notebook holds the key: {found[:12]}..."
+    # the check itself finds a key that was printed
+    leaked = nbformat.v4.new_notebook()
+    leaked.cells = [nbformat.v4.new_code_cell("print(key)", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"token {SENTINEL}\n")])]
+    nbformat.write(leaked, tmp_path / "leaked.ipynb")
+    assert _key_in((tmp_path / "leaked.ipynb").read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- one-line errors from zj

@@ -847,14 +847,26 @@ def write_ranking_output(path, records) -> None:
     records = list(records)
     n = len(records[0]["ranked"]) if records else N_RESPONSES
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # csv quotes a cell holding the delimiter, the quote or a character of the line terminator. With "\n" alone a
+    # lone "\r" would stay unquoted and the reader would end the row there: each row is written with "\r\n" (so
+    # both are quoted) and then ends with "\n", as pandas' to_csv writes it; rows without "\r" are unchanged.
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\r\n")
+
+    def row(cells) -> str:
+        buf.seek(0)
+        buf.truncate()
+        w.writerow(cells)
+        return buf.getvalue()[:-2] + "\n"
+
+    lines = [row(["id", "query", "history"] + [f"rank{k}" for k in range(1, n + 1)])]
+    for r in records:
+        if len(r["ranked"]) != n:
+            raise ValueError(f"record {r['id']!r}: expected {n} ranked texts, got {len(r['ranked'])}")
+        history, query = _messages_to_history(r["messages"])
+        lines.append(row([r["id"], query, json.dumps(history, ensure_ascii=False), *r["ranked"]]))
     with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(["id", "query", "history"] + [f"rank{k}" for k in range(1, n + 1)])
-        for r in records:
-            if len(r["ranked"]) != n:
-                raise ValueError(f"record {r['id']!r}: expected {n} ranked texts, got {len(r['ranked'])}")
-            history, query = _messages_to_history(r["messages"])
-            w.writerow([r["id"], query, json.dumps(history, ensure_ascii=False), *r["ranked"]])
+        f.write("".join(lines))
 
 
 # ---------------------------------------------------------------- rankings -> preference pairs

@@ -25,9 +25,10 @@ def sft_init_path(preset, out: str | Path) -> str:
 
 def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "",
                  available: dict | None = None) -> tuple[list[dict], dict]:
-    """Sample each kind at its ratio (a ratio > 1 repeats examples); returns records with a `messages` field
-    and the count per kind, so the composition can be reported and plotted. `available`, when given, receives
-    the number of dialogues each kind's file holds, so that what a ratio < 1 leaves out is counted."""
+    """Sample each kind at its ratio (a whole ratio repeats every example that many times, a fraction samples
+    without replacement); returns records with a `messages` field and the count per kind, so the composition can
+    be reported and plotted. `available`, when given, receives the number of dialogues each kind's file holds, so
+    that what a ratio < 1 leaves out is counted."""
     rng = random.Random(seed)
     unknown = set(mix) - set(SFT_FILES)
     if unknown:
@@ -40,8 +41,11 @@ def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "",
         if available is not None:
             available[kind] = len(dialogues)
         n = int(round(len(dialogues) * ratio))
-        pool = dialogues * (n // len(dialogues) + 1) if dialogues else []
-        chosen = rng.sample(pool, n) if n <= len(pool) else pool
+        # every dialogue n // len times, then a sample without replacement for the rest: 1x is each dialogue once,
+        # 4x each four times, 0.5x half of them (a sample of n from n // len + 1 copies would repeat some and
+        # drop others: about a quarter of a kind at 1x)
+        whole, part = divmod(n, len(dialogues)) if dialogues else (0, 0)
+        chosen = dialogues * whole + rng.sample(dialogues, part)
         counts[kind] = len(chosen)
         records += [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
                     for r in chosen]
@@ -49,13 +53,25 @@ def mix_sft_data(world: Path, mix: dict, seed: int, multiturn_path: str = "",
     return records, counts
 
 
+def sft_training_args(preset, d: Path, seed: int):
+    """The stage's SFTConfig: the loss on the doctor's turns only (`assistant_only_loss`, read from the chat
+    template's generation markers), optionally packed."""
+    from trl import SFTConfig
+
+    from .training import training_args
+
+    cfg = preset.sft
+    return training_args(SFTConfig, cfg, Path(d), seed, preset, max_length=cfg.max_length, assistant_only_loss=True,
+                         packing=cfg.packing, packing_strategy="bfd", dataset_num_proc=None)
+
+
 def run_sft(preset, out: str | Path, seed: int = 0, resume: bool = False) -> dict:
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from .inference import probe_accuracy
     from .training import (AtomicCheckpointCallback, JsonlLogCallback, mean_train_loss, prepare_qlora,
-                           restore_adapter_dtype, resume_step, train_resumable, training_args)
+                           restore_adapter_dtype, resume_step, train_resumable)
 
     from accelerate import PartialState
 
@@ -72,8 +88,7 @@ def run_sft(preset, out: str | Path, seed: int = 0, resume: bool = False) -> dic
     tokenizer = load_tokenizer(init, preset.model.trust_remote_code)
     model = prepare_qlora(load_model(init, preset.model, preset.quant), cfg.lora,
                           quantized=preset.quant.load_in_4bit)
-    args = training_args(SFTConfig, cfg, d, seed, preset, max_length=cfg.max_length, assistant_only_loss=True,
-                         packing=cfg.packing, packing_strategy="bfd", dataset_num_proc=None)
+    args = sft_training_args(preset, d, seed)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
                          processing_class=tokenizer,
                          callbacks=[JsonlLogCallback(d / "log.jsonl", start := resume_step(d, resume)),
