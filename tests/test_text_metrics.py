@@ -11,7 +11,7 @@ from zj_utils import rubric as R
 from zj_utils.cli import main
 from zj_utils.common import ZJError
 from zj_utils.compare import judge_files, reference_metrics
-from zj_utils.data import load_cmtmedqa
+from zj_utils.data import DataError, load_cmtmedqa
 from zj_utils.evaluate import (TEST_SETS, auto_metrics, auto_metrics_markdown, judge_answers, load_test_items,
                                with_references)
 from zj_utils.judge import assess
@@ -164,9 +164,13 @@ def test_zj_judge_adds_reference_metrics(world_dir, tmp_path, capsys):
     assert am["n_items"] == 1 and am["a"]["bleu4"] == 1.0
     assert am["b"]["rouge_l"] == pytest.approx(2 * 4 / 7 / (1 + 4 / 7), abs=1e-4)  # LCS 4: P = 1, R = 4/7
     assert reference_metrics(items[1:], {"q2": "x"}, {"q2": "y"}) is None
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"id": next(iter(gold)), "messages": [], "reference": ""}) + "\n", encoding="utf-8")
     with pytest.raises(ZJError, match="field 'reference' must be a non-empty string"):
+        reference_metrics([{"id": "q1", "messages": [], "reference": " "}], {"q1": "x"}, {"q1": "y"})
+    # a bad reference in a test file is the loader's one-line error: file, line, field
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": next(iter(gold)), "messages": [{"role": "user", "content": "问"}],
+                               "reference": "", "expect": {}}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:line 1: field 'reference': empty text"):
         judge_files(tmp_path / "a.jsonl", tmp_path / "b.jsonl", bad, world=d)
 
 
