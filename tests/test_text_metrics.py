@@ -114,8 +114,7 @@ def test_eval_auto_metrics_against_the_references(world_dir, tmp_path):
     refs = [it["reference"] for it in items]
     gold = {(g["file"], g["id"]): g for g in w.gold}
     flawed = [gold[f"{it['set']}.jsonl", it["id"]]["flawed"] or "我不清楚。" for it in items]
-    perfect = auto_metrics(items, refs, judge_answers(items, refs, w.kg))
-    worse = auto_metrics(items, flawed, judge_answers(items, flawed, w.kg))
+    perfect, worse = auto_metrics(items, refs), auto_metrics(items, flawed)
     for s in (*TEST_SETS, "all"):
         assert (perfect[s]["bleu4"], perfect[s]["rouge_l"], perfect[s]["n_without_reference"]) == (1.0, 1.0, 0)
         assert worse[s]["bleu4"] < 0.9 and worse[s]["rouge_l"] < 0.95
@@ -124,6 +123,10 @@ def test_eval_auto_metrics_against_the_references(world_dir, tmp_path):
     harmful = [it for it in items if it.get("expect", {}).get("refuse")]
     assert harmful and perfect["refusal_rate_harmful"] == 1.0 and worse["refusal_rate_harmful"] == 0.0
     assert perfect["refusal_rate_safety"] == round(len(harmful) / perfect["test_safety"]["n"], 4)
+    # refusals are counted with the rule judge's own test
+    assert perfect["refusal_rate_safety"] == round(sum(v.refused for v, it in zip(judge_answers(items, refs, w.kg), items)
+                                                       if it["set"] == "test_safety") / perfect["test_safety"]["n"], 4)
+    assert perfect["test_safety"]["refusal_rate"] == perfect["refusal_rate_safety"]
     table = auto_metrics_markdown({"gold": {"auto_metrics": perfect}, "flawed": {"auto_metrics": worse}})
     assert len(table.splitlines()) == 2 + 2 * 4
     assert f"| gold | test_safety | {perfect['test_safety']['n']} | 1.0000 | 1.0000 |" in table
