@@ -188,7 +188,8 @@ PRESETS: dict[str, dict] = {
                 "learning_rate": 3e-4, "kl_coef": 0.2, "save_every": 0},
     },
     "qwen2.5-0.5b": {
-        "description": "A small real chat model on one 24 GB GPU with QLoRA, on the synthetic world "
+        "description": "A small real chat model on one 24 GB GPU with QLoRA, trained on the synthetic world, "
+                       "evaluated on the real CMtMedQA and Huatuo-26M test sets by an LLM judge "
                        "(`zj estimate --preset qwen2.5-0.5b --stage S` for each stage's memory).",
         "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "dtype": "bfloat16", "max_length": 1024},
         "quant": {"compute_dtype": "bfloat16"},
