@@ -387,3 +387,88 @@ def test_to_dataset(tmp_path):
     r = to_dataset([{"id": "a", "source": "s", "kind": "ranking", "messages": [{"role": "user", "content": "q"}],
                      "responses": ["1", "2", "3", "4"], "meta": {}}])
     assert json.loads(r[0]["meta"]) == {"responses": ["1", "2", "3", "4"]}
+
+
+# ---------------------------------------------------------------- test sets (`zj generate`, `zj judge`, `zj eval`)
+
+@real
+def test_real_cmtmedqa_as_test_records():
+    from zj_utils.data import load_test_records
+
+    recs = load_test_records(CMT)
+    dialogues = load_cmtmedqa(CMT)
+    assert [r["set"] for r in recs] == ["cmtmedqa_multiturn"] * 1000 + ["cmtmedqa_safety"] * 144
+    # the conversation up to the patient's last turn; the doctor's last answer is the reference
+    for r, d in zip(recs, dialogues):
+        assert r["messages"] == d["messages"][:-1] and r["reference"] == d["messages"][-1]["content"]
+        assert r["messages"][-1]["role"] == "user" and "expect" not in r
+    assert recs[0]["id"] == "j4219" and recs[0]["meta"]["cate1"] == "肿瘤科"
+    first = json.loads(CMT.read_text(encoding="utf-8"))[0]
+    assert recs[0]["messages"][-1]["content"] == first["instruction"].strip()
+    assert len(recs[0]["messages"]) == 2 * len(first["history"]) + 1
+    # safety records carry no id: file stem + their index in the array, stable from one read to the next
+    assert [r["id"] for r in recs[1000:]] == [f"CMtMedQA_test-{i}" for i in range(1000, 1144)]
+    assert recs[1000]["messages"] == [{"role": "user", "content": json.loads(CMT.read_text())[1000]["instruct"].strip()}]
+    assert len({r["id"] for r in recs}) == 1144 and load_test_records(CMT) == recs
+
+
+def test_test_records_of_every_format(tmp_path):
+    from zj_utils.data import load_test_records
+
+    # Huatuo-26M as the paper's repository has it (one-item lists, empty ids) and as the hub's copy names it
+    hua = [{"id": "", "instruction": ["头痛怎么办？"], "input": "", "output": ["多休息。", "看医生。"]},
+           {"id": "h7", "instruction": ["发烧"], "input": "三天", "output": ["请就医"]}]
+    p = tmp_path / "huatuo26M_test.json"
+    p.write_text(json.dumps(hua, ensure_ascii=False), encoding="utf-8")
+    recs = load_test_records(p)
+    assert [(r["id"], r["set"]) for r in recs] == [("huatuo26M_test-0", "huatuo26m"), ("h7", "huatuo26m")]
+    assert recs[0]["messages"] == [{"role": "user", "content": "头痛怎么办？"}] and recs[0]["reference"] == "多休息。"
+    assert recs[1]["messages"][0]["content"] == "发烧\n三天"
+    hub = tmp_path / "test_datasets.jsonl"
+    write_jsonl(hub, [{"questions": ["头痛怎么办？"], "answers": ["多休息。"]}, {"questions": "咳嗽", "answers": ["喝水"]}])
+    recs = load_test_records(hub)
+    assert [(r["id"], r["set"], r["reference"]) for r in recs] == [
+        ("test_datasets-0", "huatuo26m", "多休息。"), ("test_datasets-1", "huatuo26m", "喝水")]
+    assert validate(hub) == [] and load_dialogues(hub)[1]["messages"][0]["content"] == "咳嗽"
+    # chat JSONL: a final assistant turn is the reference; without one, the `reference` field (or none)
+    chat = tmp_path / "chat.jsonl"
+    write_jsonl(chat, [
+        {"messages": [{"role": "user", "content": "问1"}, {"role": "assistant", "content": "答1"}]},
+        {"id": "c2", "set": "mine", "conversations": [{"from": "human", "value": "问2"}]},
+        {"id": "c3", "messages": [{"role": "system", "content": "你是医生"}, {"role": "user", "content": "问3"}],
+         "reference": "答3", "expect": {"refuse": True}}])
+    recs = load_test_records(chat)
+    assert [(r["id"], r["set"], r["reference"]) for r in recs] == [("chat-0", "chat", "答1"), ("c2", "mine", None),
+                                                                  ("c3", "chat", "答3")]
+    assert recs[0]["messages"] == [{"role": "user", "content": "问1"}] and "expect" not in recs[0]
+    assert recs[2]["expect"] == {"refuse": True} and [m["role"] for m in recs[2]["messages"]] == ["system", "user"]
+    # Alpaca, with history
+    alp = _write_json(tmp_path, [{"instruction": "翻译", "input": "fever", "output": "发热", "history": [["你好", "你好"]]}],
+                      "alpaca.json")
+    (r,) = load_test_records(alp)
+    assert (r["id"], r["set"], r["reference"], len(r["messages"])) == ("alpaca-0", "alpaca", "发热", 3)
+
+
+def test_test_record_errors_name_file_record_and_field(tmp_path):
+    from zj_utils.data import load_test_records
+
+    _raises(_write_json(tmp_path, [MT, dict(MT, id="x2", output=None)]), "record 1", "field 'output'",
+            loader=load_test_records)
+    with pytest.raises(DataError, match=r"d\.json:record 2: field 'id': 'x1' is the id of record 0 too"):
+        load_test_records(_write_json(tmp_path, [MT, SAFE, dict(MT)]))  # a test set's ids must be unique
+    p = tmp_path / "t.jsonl"
+    write_jsonl(p, [{"id": "a", "messages": [{"role": "user", "content": "问"}], "reference": ""}])
+    with pytest.raises(DataError, match=r"t\.jsonl:line 1: field 'reference': empty text"):
+        load_test_records(p)
+    write_jsonl(p, [{"id": "a", "messages": [{"role": "assistant", "content": "答"}]}])
+    with pytest.raises(DataError, match=r"line 1: field 'messages': a test item must end with the patient's"):
+        load_test_records(p)
+    write_jsonl(p, [{"id": "a", "messages": [{"role": "user", "content": "问"}], "expect": "refuse"}])
+    with pytest.raises(DataError, match=r"line 1: field 'expect': expected object, got str"):
+        load_test_records(p)
+    with pytest.raises(DataError, match="is not a test set"):
+        load_test_records(RANK_OUT if RANK_OUT.exists() else p, format="ranking_output")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("一行文字\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"notes\.txt:format: a text file is not a test set"):
+        load_test_records(txt)

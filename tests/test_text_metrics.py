@@ -11,7 +11,7 @@ from zj_utils import rubric as R
 from zj_utils.cli import main
 from zj_utils.common import ZJError
 from zj_utils.compare import judge_files, reference_metrics
-from zj_utils.data import load_cmtmedqa
+from zj_utils.data import DataError, load_cmtmedqa
 from zj_utils.evaluate import (TEST_SETS, auto_metrics, auto_metrics_markdown, judge_answers, load_test_items,
                                with_references)
 from zj_utils.judge import assess
@@ -114,8 +114,7 @@ def test_eval_auto_metrics_against_the_references(world_dir, tmp_path):
     refs = [it["reference"] for it in items]
     gold = {(g["file"], g["id"]): g for g in w.gold}
     flawed = [gold[f"{it['set']}.jsonl", it["id"]]["flawed"] or "我不清楚。" for it in items]
-    perfect = auto_metrics(items, refs, judge_answers(items, refs, w.kg))
-    worse = auto_metrics(items, flawed, judge_answers(items, flawed, w.kg))
+    perfect, worse = auto_metrics(items, refs), auto_metrics(items, flawed)
     for s in (*TEST_SETS, "all"):
         assert (perfect[s]["bleu4"], perfect[s]["rouge_l"], perfect[s]["n_without_reference"]) == (1.0, 1.0, 0)
         assert worse[s]["bleu4"] < 0.9 and worse[s]["rouge_l"] < 0.95
@@ -124,6 +123,10 @@ def test_eval_auto_metrics_against_the_references(world_dir, tmp_path):
     harmful = [it for it in items if it.get("expect", {}).get("refuse")]
     assert harmful and perfect["refusal_rate_harmful"] == 1.0 and worse["refusal_rate_harmful"] == 0.0
     assert perfect["refusal_rate_safety"] == round(len(harmful) / perfect["test_safety"]["n"], 4)
+    # refusals are counted with the rule judge's own test
+    assert perfect["refusal_rate_safety"] == round(sum(v.refused for v, it in zip(judge_answers(items, refs, w.kg), items)
+                                                       if it["set"] == "test_safety") / perfect["test_safety"]["n"], 4)
+    assert perfect["test_safety"]["refusal_rate"] == perfect["refusal_rate_safety"]
     table = auto_metrics_markdown({"gold": {"auto_metrics": perfect}, "flawed": {"auto_metrics": worse}})
     assert len(table.splitlines()) == 2 + 2 * 4
     assert f"| gold | test_safety | {perfect['test_safety']['n']} | 1.0000 | 1.0000 |" in table
@@ -164,9 +167,13 @@ def test_zj_judge_adds_reference_metrics(world_dir, tmp_path, capsys):
     assert am["n_items"] == 1 and am["a"]["bleu4"] == 1.0
     assert am["b"]["rouge_l"] == pytest.approx(2 * 4 / 7 / (1 + 4 / 7), abs=1e-4)  # LCS 4: P = 1, R = 4/7
     assert reference_metrics(items[1:], {"q2": "x"}, {"q2": "y"}) is None
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"id": next(iter(gold)), "messages": [], "reference": ""}) + "\n", encoding="utf-8")
     with pytest.raises(ZJError, match="field 'reference' must be a non-empty string"):
+        reference_metrics([{"id": "q1", "messages": [], "reference": " "}], {"q1": "x"}, {"q1": "y"})
+    # a bad reference in a test file is the loader's one-line error: file, line, field
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": next(iter(gold)), "messages": [{"role": "user", "content": "问"}],
+                               "reference": "", "expect": {}}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:line 1: field 'reference': empty text"):
         judge_files(tmp_path / "a.jsonl", tmp_path / "b.jsonl", bad, world=d)
 
 

@@ -31,7 +31,8 @@ STAGE_HELP = {
     "sft": "supervised fine-tuning with TRL SFTTrainer on the four data kinds",
     "rm": "sample 4 answers per prompt, rank them, train the reward model with TRL RewardTrainer",
     "ppo": "PPO against the reward model (our implementation)",
-    "eval": "judge the models on the test sets: win/tie/loss, knowledge, proactive inquiry, safety",
+    "eval": "answer the test sets (eval.test_sets) and judge ours against earlier stages and baselines: "
+            "win/tie/loss, knowledge, proactive inquiry, safety",
 }
 
 
@@ -134,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Judge two answer files ({id, answer} JSONL) pairwise on a test set.")
     p.add_argument("a", help="answers of system A (JSONL, one {\"id\", \"answer\"} per test item)")
     p.add_argument("b", help="answers of system B (same shape)")
-    p.add_argument("--tests", action="append", required=True, metavar="TESTS.jsonl",
-                   help="test items {id, messages, expect} (repeatable)")
+    p.add_argument("--tests", action="append", required=True, metavar="TESTS",
+                   help="a test file (repeatable): CMtMedQA, Huatuo-26M, chat JSONL or the world's test_*.jsonl "
+                        "(data.load_test_records); the rule judge judges only the world's")
     p.add_argument("--judge", choices=("rule", "openai", "local"), default="rule")
     p.add_argument("--world", default=None, help="OUT/world (or its world.json): the rule judge's knowledge graph")
     p.add_argument("--model", default=None, help="openai: model name (key from $OPENAI_API_KEY, URL from "
@@ -155,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("generate", help="answer every test item with a local model ({id, answer} JSONL)")
     p.add_argument("--model", required=True, help="model folder (or hub id)")
-    p.add_argument("--tests", action="append", required=True, metavar="TESTS.jsonl")
+    p.add_argument("--tests", action="append", required=True, metavar="TESTS",
+                   help="a test file (repeatable): CMtMedQA, Huatuo-26M, chat JSONL or the world's test_*.jsonl")
     p.add_argument("--out", required=True, help="answers JSONL to write")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)

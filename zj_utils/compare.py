@@ -2,8 +2,10 @@
 zj_utils/judges.py, and answer generation with a local model.
 
 Answer files are JSONL, one `{"id", "answer"}` per test item, so answers from systems we cannot run here can be
-dropped in. Test files are the world's `test_*.jsonl` shape: `{"id", "messages", "expect", ...}`; items that carry a
-reference answer (`reference`, or CMtMedQA's `output`) also get BLEU-4, ROUGE-L and Distinct-1/2 for both files.
+dropped in. Test files are any format `data.load_test_records` reads: the real CMtMedQA and Huatuo-26M test sets,
+chat JSONL, the world's `test_*.jsonl` (`{"id", "messages", "expect", "reference"}`); items that carry a reference
+answer also get BLEU-4, ROUGE-L and Distinct-1/2 for both files. The rule judge judges only the world's items (it
+needs their `expect`); the real sets take an LLM judge.
 """
 from __future__ import annotations
 
@@ -34,17 +36,40 @@ def _read_jsonl(path: str | Path, what: str) -> list[dict]:
 
 
 def load_tests(paths) -> list[dict]:
-    """Test items from one or more JSONL files; `set` is the file's stem unless the item has one."""
+    """Test items from one or more test files in any format `data.load_test_records` reads (CMtMedQA, Huatuo-26M,
+    chat JSONL, the world's test_*.jsonl): `{id, set, messages, reference, ...}`; ids must be unique over all."""
+    from .data import load_test_records
+
     items = []
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        for i, rec in enumerate(_read_jsonl(path, "Test file")):
-            if "id" not in rec or "messages" not in rec:
-                raise ZJError(f"{path}: item {i + 1} has no 'id' or 'messages'.")
-            items.append({"set": Path(path).stem} | rec)
-    ids = [it["id"] for it in items]
-    if len(set(ids)) != len(ids):
-        raise ZJError("Test items have duplicate ids.")
+        items += load_test_records(path)
+    seen: dict = {}
+    for it in items:
+        if it["id"] in seen:
+            raise ZJError(f"Test item id {it['id']!r} is in both set {seen[it['id']]!r} and set {it['set']!r}: ids "
+                          "must be unique over the test files.")
+        seen[it["id"]] = it["set"]
     return items
+
+
+def without_gold(items: list[dict]) -> dict[str, int]:
+    """{set: items} of the test items without the world's gold knowledge (`expect`): the rule judge cannot judge
+    them, it knows only the synthetic world."""
+    out: dict[str, int] = {}
+    for it in items:
+        if "expect" not in it:
+            out[it.get("set")] = out.get(it.get("set"), 0) + 1
+    return out
+
+
+def check_rule_judge(items: list[dict], how: str = "--judge openai or --judge local") -> None:
+    """ZJError when the rule judge is asked to judge test items it has no gold knowledge for."""
+    real = without_gold(items)
+    if real:
+        sets = ", ".join(f"{s} ({n})" for s, n in real.items())
+        raise ZJError(f"The rule judge knows only the synthetic world: it judges against the world's gold knowledge "
+                      f"('expect'), which these test items do not have: {sets}. Judge them with {how} "
+                      f"(docs/DESIGN.md, 'Test sets and judges').")
 
 
 def load_answers(path: str | Path) -> dict[str, str]:
@@ -147,9 +172,10 @@ def judge_pairs(items: list[dict], answers_a: dict, answers_b: dict, judge: Judg
 
 
 def item_reference(item: dict) -> str | None:
-    """The reference answer of a test item: the world's `reference`, or CMtMedQA's doctor answer `output`."""
+    """The reference answer of a test item (`reference`, or CMtMedQA's doctor answer `output`); None when it has
+    none."""
     for key in ("reference", "output"):
-        if key in item:
+        if item.get(key) is not None:
             ref = item[key]
             if not isinstance(ref, str) or not ref.strip():
                 raise ZJError(f"Test item {item.get('id')!r} ({item.get('set')}): field {key!r} must be a non-empty "
@@ -248,6 +274,8 @@ def judge_files(a_path, b_path, tests, judge: str = "rule", world=None, model: s
     if dry_run and judge == "rule":
         raise ZJError("--dry-run is for the LLM judges (openai, local); the rule judge calls no model.")
     items = load_tests(tests)
+    if judge == "rule":
+        check_rule_judge(items)
     answers_a, answers_b = load_answers(a_path), load_answers(b_path)
     j = make_judge(judge, kg=_kg(world), model=model, **(judge_kwargs or {}))
     if dry_run:

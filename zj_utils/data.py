@@ -6,7 +6,8 @@ Formats (detected from the extension and the content, or named):
 
 - ``cmtmedqa``: JSON array of multi-turn records ``{id, cate1, cate2, instruction, input, output, history}``
   mixed with safety records ``{instruct, output}``;
-- ``huatuo``: Huatuo-26M ``{id, instruction: [str], input, output: [str]}`` (``id`` may be empty);
+- ``huatuo``: Huatuo-26M ``{id, instruction: [str], input, output: [str]}`` (``id`` may be empty), or the hub's
+  copy of its test split ``{questions: [str], answers: [str]}``;
 - ``alpaca``: ``{instruction, input, output}`` (optional ``system``, ``history``, ``id``);
 - ``messages_jsonl``: chat records with ``messages: [{role, content}]`` (OpenAI) or
   ``conversations: [{from, value}]`` (ShareGPT);
@@ -412,7 +413,10 @@ def _text_list(rec, key, report, loc):
 
 def _rec_huatuo(rec: dict, i: int, loc: str, report, source: str):
     rid = _field(rec, "id", report, loc, types=(str, int), required=False, default="")
-    questions, answers = _text_list(rec, "instruction", report, loc), _text_list(rec, "output", report, loc)
+    # the paper's repository names the fields instruction/output; the hub's copy questions/answers
+    hub = "instruction" not in rec and "output" not in rec and ("questions" in rec or "answers" in rec)
+    questions = _text_list(rec, "questions" if hub else "instruction", report, loc)
+    answers = _text_list(rec, "answers" if hub else "output", report, loc)
     extra = _text(rec, "input", report, loc, required=False, allow_empty=True)
     if None in (rid, questions, answers, extra):
         return None
@@ -501,7 +505,7 @@ def _shape(rec) -> str:
         return "messages_jsonl"
     if any(k in rec for k in ("instruct", "cate1", "cate2")) or ("history" in rec and "id" in rec):
         return "cmtmedqa"
-    if isinstance(rec.get("instruction"), list):
+    if isinstance(rec.get("instruction"), list) or isinstance(rec.get("questions"), (list, str)):
         return "huatuo"
     if isinstance(rec.get("instruction"), str):
         return "alpaca"
@@ -605,22 +609,27 @@ def _iter(path, format, report: _Report) -> Iterator[dict]:
     elif format == "text":
         for n, line in _lines(path, report):
             yield _text_doc(line.strip(), f"{source}-{n}", source, {"line": n})
-    elif container == "jsonl":
-        handle = _RECORD[format]
-        for i, (n, rec) in enumerate(_jsonl_rows(path, report)):
-            d = handle(rec, i, f"line {n}", report, source)
-            if d is not None:
-                yield d
     else:
         handle = _RECORD[format]
-        for i, rec in _ArrayReader(path, report):
-            loc = f"record {i}"
-            if not isinstance(rec, dict):
-                report(loc, f"expected an object, got {_tname(rec)}")
-                continue
+        for i, loc, rec in _records(path, container, report):
             d = handle(rec, i, loc, report, source)
             if d is not None:
                 yield d
+
+
+def _records(path, container: str, report: _Report) -> Iterator[tuple[int, str, dict]]:
+    """(index, location, object) for each record of a JSON array ('array') or JSON Lines ('jsonl') file; the
+    index counts records (non-blank lines of a JSONL file) from 0; a record that is not an object is reported."""
+    if container == "jsonl":
+        for i, (n, rec) in enumerate(_jsonl_rows(path, report)):
+            yield i, f"line {n}", rec
+        return
+    for i, rec in _ArrayReader(path, report):
+        loc = f"record {i}"
+        if not isinstance(rec, dict):
+            report(loc, f"expected an object, got {_tname(rec)}")
+            continue
+        yield i, loc, rec
 
 
 def iter_dialogues(path, format: str | None = None) -> Iterator[dict]:
@@ -683,6 +692,98 @@ def load_text(path) -> list[dict]:
 def load_messages_jsonl(path) -> list[dict]:
     """JSONL records with a ``messages`` (or ShareGPT ``conversations``) field -> dialogues."""
     return load_dialogues(path, "messages_jsonl")
+
+
+# ---------------------------------------------------------------- test sets: what `zj generate`, `zj judge`, `zj eval` read
+
+TEST_FORMATS = ("cmtmedqa", "huatuo", "messages_jsonl", "alpaca")
+# the `set` of each test record: CMtMedQA's two record shapes are two sets, Huatuo-26M is one; other files: the stem
+CMTMEDQA_SETS = {"multi_turn": "cmtmedqa_multiturn", "safety": "cmtmedqa_safety"}
+HUATUO_SET = "huatuo26m"
+
+
+def _test_record(d: dict, rec: dict, fmt: str, i: int, loc: str, report, stem: str):
+    """A loaded dialogue -> a test record, or None after reporting (see :func:`load_test_records`)."""
+    msgs, reference = list(d["messages"]), None
+    if rec.get("reference") is not None and fmt == "messages_jsonl":
+        reference = _field(rec, "reference", report, loc)
+        if reference is None:
+            return None
+        if not reference.strip():
+            report(loc, "field 'reference': empty text")
+            return None
+    elif msgs and msgs[-1]["role"] == "assistant":
+        reference, msgs = msgs[-1]["content"], msgs[:-1]
+    if not msgs or msgs[-1]["role"] != "user":
+        roles = [m["role"] for m in d["messages"]]
+        report(loc, f"field 'messages': a test item must end with the patient's (user) turn, or with the reference "
+                    f"doctor (assistant) turn after it; got roles {roles}")
+        return None
+    if fmt == "cmtmedqa":
+        set_ = CMTMEDQA_SETS[d["kind"]]
+        rid = d["id"] if d["kind"] == "multi_turn" else f"{stem}-{i}"  # safety records carry no id
+    elif fmt == "huatuo":
+        set_, rid = HUATUO_SET, d["id"]
+    else:
+        own = rec.get("set")
+        set_, rid = (own.strip() if isinstance(own, str) and own.strip() else stem), d["id"]
+    out = {"id": rid, "set": set_, "messages": msgs, "reference": reference, "source": d["source"],
+           "kind": d["kind"], "meta": {k: v for k, v in (d.get("meta") or {}).items() if k not in ("expect", "reference")}}
+    if "expect" in rec:  # the synthetic world's gold knowledge: what the rule judge checks
+        expect = _field(rec, "expect", report, loc, types=(dict,))
+        if expect is None:
+            return None
+        out["expect"] = expect
+    return out
+
+
+def iter_test_records(path, format: str | None = None) -> Iterator[dict]:
+    """Stream :func:`load_test_records`; raises DataError at the first problem."""
+    report, path = _Report(path), Path(path)
+    if format is not None and format not in FORMATS:
+        report.fatal("format", f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
+    fmt, container = _detect(path, report) if format is None else (format, _container(path, report))
+    if fmt not in TEST_FORMATS:
+        report.fatal("format", f"a {fmt} file is not a test set; test sets are {', '.join(TEST_FORMATS)} "
+                               "(`zj validate FILE` says how a file reads)")
+    seen: dict[str, str] = {}
+    for i, loc, rec in _records(path, container, report):
+        d = _RECORD[fmt](rec, i, loc, report, path.stem)
+        t = _test_record(d, rec, fmt, i, loc, report, path.stem) if d is not None else None
+        if t is None:
+            continue
+        if t["id"] in seen:
+            report(loc, f"field 'id': {t['id']!r} is the id of {seen[t['id']]} too; test ids must be unique")
+            continue
+        seen[t["id"]] = loc
+        yield t
+
+
+def load_test_records(path, format: str | None = None) -> list[dict]:
+    """A test set in any format a loader reads -> ``[{"id", "set", "messages", "reference", ...}]``.
+
+    ``messages`` is the conversation up to and including the patient's last turn (what a model answers);
+    ``reference`` is the doctor's answer to it, or None. The format is detected as ``zj validate`` detects it:
+
+    - CMtMedQA (a JSON array): a multi-turn record gives its ``history`` pairs and ``instruction`` (+ ``input``) as
+      the last patient turn, ``output`` as the reference, set ``cmtmedqa_multiturn``; a safety record
+      ``{instruct, output}`` gives one patient turn, set ``cmtmedqa_safety``;
+    - Huatuo-26M (``{id, instruction: [str], output: [str]}`` or the hub's ``{questions, answers}``): one patient
+      turn, the first answer as the reference, set ``huatuo26m``;
+    - chat JSONL (``messages`` or ShareGPT ``conversations``), the synthetic world's ``test_*.jsonl`` among them:
+      a final assistant turn is the reference, else the record's ``reference`` field (if any); ``expect`` (the
+      world's gold knowledge, which only the rule judge reads) is kept; set: the record's ``set``, else the stem;
+    - Alpaca ``{instruction, input, output}``: like a CMtMedQA multi-turn record, set: the file's stem.
+
+    Records without an id (CMtMedQA's safety records, Huatuo-26M's empty ids, chat or Alpaca records without one)
+    get ``<file stem>-<index>``, the index counting records from 0 in file order (the array position of a JSON
+    array, the non-blank line of a JSONL file): ``CMtMedQA_test-1000`` is the file's first safety record. The same
+    file always gives the same ids, so answer files written for it (``{"id", "answer"}``) can be judged later.
+    Also kept: ``source`` (the stem), ``kind`` and ``meta`` of the dialogue. A malformed record raises
+    :class:`DataError` ``PATH:LOCATION: field ...: problem``, as ``zj validate`` reports it; so does an id that
+    repeats, and a file in a format that holds no test items (plain text, the ranking tool's files).
+    """
+    return list(iter_test_records(path, format))
 
 
 def load_jsonl(path) -> list[dict]:

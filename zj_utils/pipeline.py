@@ -69,8 +69,9 @@ def headline(metrics: dict) -> dict:
         h["ppo_heldout_score_before_after"] = [metrics["ppo"]["heldout_score_before"], metrics["ppo"]["heldout_score_after"]]
     if "eval" in metrics:
         for name, m in metrics["eval"]["models"].items():
+            # proactive and unsafe are the rule judge's rates on the world's sets (None when they were not evaluated)
             h[f"{name}: knowledge / proactive / unsafe"] = [m["knowledge_accuracy"]["all"],
-                                                           m["proactive_inquiry_rate"], m["unsafe_rate"]]
+                                                           m.get("proactive_inquiry_rate"), m.get("unsafe_rate")]
     return h
 
 

@@ -181,7 +181,8 @@ def _ours_panel(ax, stats: dict, title: str):
             ax.text(101, i, f"n={s['n']}", va="center", fontsize=7, color="grey")
 
 
-def paper_figures(csv_path: str | Path | None = None, ours: dict | None = None, png: str | Path | None = None):
+def paper_figures(csv_path: str | Path | None = None, ours: dict | None = None, png: str | Path | None = None,
+                  ours_sets: dict | None = None):
     """The paper's Figures 4 and 5 redrawn from `csv_path` (default: the repository's
     `data/paper/zhongjing_reported_win_tie_loss.csv`): four panels
     (4a/4b/5a/5b), stacked "Ours Win" / "Tie" / "Ours Loss" bars, baselines top to bottom as in the paper; a
@@ -189,7 +190,9 @@ def paper_figures(csv_path: str | Path | None = None, ours: dict | None = None, 
 
     `ours` = {panel ("4a".."5b"): {opponent: dimension entry of `zj judge`'s JSON}} puts the same panel from our
     runs beside each paper panel, with the bootstrap 95% interval of the win share as an error bar; panels
-    missing from `ours` say so. Writes `png` when given. Returns the Figure."""
+    missing from `ours` say so. `ours_sets` = {panel: what our panel judged, e.g. "ppo on CMtMedQA test
+    (multi-turn)"} goes in its title: our panels never borrow the paper's test-set names. Writes `png` when given.
+    Returns the Figure."""
     paper = read_paper_wtl(csv_path)
     cols = 4 if ours else 2
     fig, axes = plt.subplots(2, cols, figsize=((5.0 if ours else 6.0) * cols, 7.4), squeeze=False)
@@ -201,7 +204,9 @@ def paper_figures(csv_path: str | Path | None = None, ours: dict | None = None, 
         if ours:
             ax2 = axes[r][c * 2 + 1]
             if ours.get(panel):
-                _ours_panel(ax2, ours[panel], f"({panel}) {PAPER_PANELS[panel]}\nours (bars: 95% bootstrap CI of win%)")
+                what = (ours_sets or {}).get(panel)
+                _ours_panel(ax2, ours[panel], f"({panel}) ours: {PAPER_PANELS[panel].split(': ', 1)[1]}\n"
+                            + (f"{what}\n" if what else "") + "(error bars: 95% bootstrap CI of win%)")
             else:
                 ax2.set_axis_off()
                 ax2.text(0.5, 0.5, f"({panel}) not run by us", ha="center", va="center", transform=ax2.transAxes)

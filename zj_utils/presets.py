@@ -114,6 +114,19 @@ class EvalConfig:
     max_items: int = -1  # per test set; -1 = all
     repetition_penalty: float = 1.0
     models: list = field(default_factory=lambda: ["base", "sft", "ppo"])
+    # The test files every model answers: "world" = this run's synthetic test_multiturn/test_single/test_safety;
+    # else a file any loader reads (data.load_test_records: CMtMedQA, Huatuo-26M, chat JSONL), relative paths
+    # from the working directory or else the repository's root
+    test_sets: list = field(default_factory=lambda: ["world"])
+    # Who judges ours against each opponent: "rule" (knows the synthetic world's truth, so judges only its sets),
+    # "openai" (any OpenAI-compatible API: GPT-4, vLLM, llama.cpp; key from $OPENAI_API_KEY) or "local" (an HF model)
+    judge: str = "rule"
+    judge_model: str = ""  # openai: the model name (e.g. gpt-4o); local: the model's folder or hub id
+    judge_base_url: str = ""  # openai: the API's URL, e.g. http://localhost:8000/v1 ("": $OPENAI_BASE_URL or OpenAI)
+    # Answers of systems we cannot run here, {name: JSONL of {"id", "answer"} per test item}, e.g.
+    # {"ChatGPT": "answers/chatgpt.jsonl"}; our final model is judged against each, as against our earlier stages
+    baselines: dict = field(default_factory=dict)
+    n_boot: int = 1000  # bootstrap resamples of the items for the win/tie/loss intervals
 
 
 @dataclass
@@ -130,6 +143,10 @@ class Preset:
     align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+
+# The paper's test sets (Figures 4 and 5): CMtMedQA's, shipped in data/, and Huatuo-26M's, as
+# `zj data fetch huatuo26m-test` writes it. Judged by an LLM: the rule judge knows only the synthetic world.
+REAL_TEST_SETS = ["data/cmtmedqa/CMtMedQA_test.json", "data/raw/huatuo26m-test/test_datasets.jsonl"]
 
 # Each preset is a dict of overrides on the defaults above: data, not branching code.
 PRESETS: dict[str, dict] = {
@@ -171,7 +188,8 @@ PRESETS: dict[str, dict] = {
                 "learning_rate": 3e-4, "kl_coef": 0.2, "save_every": 0},
     },
     "qwen2.5-0.5b": {
-        "description": "A small real chat model on one 24 GB GPU with QLoRA, on the synthetic world "
+        "description": "A small real chat model on one 24 GB GPU with QLoRA, trained on the synthetic world, "
+                       "evaluated on the real CMtMedQA and Huatuo-26M test sets by an LLM judge "
                        "(`zj estimate --preset qwen2.5-0.5b --stage S` for each stage's memory).",
         "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "dtype": "bfloat16", "max_length": 1024},
         "quant": {"compute_dtype": "bfloat16"},
@@ -183,7 +201,8 @@ PRESETS: dict[str, dict] = {
         "rm": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "learning_rate": 2e-4, "batch_size": 4,
                "max_length": 1024},
         "ppo": {"steps": 400, "batch_size": 16, "mini_batch_size": 4, "max_new_tokens": 256, "learning_rate": 1e-5},
-        "eval": {"max_new_tokens": 256, "batch_size": 16, "repetition_penalty": 1.1},
+        "eval": {"max_new_tokens": 256, "batch_size": 16, "repetition_penalty": 1.1,
+                 "test_sets": REAL_TEST_SETS, "judge": "openai", "judge_model": "gpt-4o"},
     },
     "zhongjing-13b": {
         "description": "The paper's set-up (Ziya-LLaMA-13B base, the public training scripts) with QLoRA on one 40-80 GB GPU.",
@@ -198,7 +217,8 @@ PRESETS: dict[str, dict] = {
                "lora": {"r": 32, "alpha": 64, "modules_to_save": ["score"]}},
         "ppo": {"steps": 8500, "batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 512,
                 "learning_rate": 1e-5},
-        "eval": {"max_new_tokens": 512, "batch_size": 8, "repetition_penalty": 1.2},
+        "eval": {"max_new_tokens": 512, "batch_size": 8, "repetition_penalty": 1.2,
+                 "test_sets": REAL_TEST_SETS, "judge": "openai", "judge_model": "gpt-4o"},
     },
 }
 
