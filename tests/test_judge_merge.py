@@ -41,7 +41,7 @@ def test_agreeing_orders_keep_their_verdict_and_one_order_stands_alone():
     assert out == ab | {"overall": -1} and info["flipped"] == []
     # only B-A parsed: it is turned to A's side, and `overall` comes from it
     out, info = combine_orders(None, ba)
-    assert out == ab | {"overall": -1} and info == {"orders_parsed": 1, "flipped": []}
+    assert out == ab | {"overall": -1} and info == {"orders_parsed": 1, "flipped": [], "overall_flipped": False}
     out, info = combine_orders(ab, None)
     assert out == ab | {"overall": -1} and info["orders_parsed"] == 1
     assert combine_orders(None, None)[0] == dict.fromkeys(DIMS)

@@ -108,6 +108,12 @@ def test_best_on_dev_keeps_the_best_weights_and_stops(tmp_path):
         assert control.should_training_stop == (step == 3)
     best = cb.restore(model)
     assert best["step"] == 2 and torch.all(model.weight == 2.0)
-    again = BestOnDevCallback(tmp_path / "best.safetensors", patience=2, resume=True)  # a resumed run
-    assert again.best == cb.best and again.bad == 2
+    again = BestOnDevCallback(tmp_path / "best.safetensors", patience=2, resume_step=4)  # a resumed run
+    assert again.best == cb.best and again.bad == 2 and again.history == cb.history
+    # resumed from the checkpoint of step 2: the evaluations of steps 3 and 4 (made before the kill) are dropped,
+    # so the re-run's evaluations of those steps are not counted twice, and patience restarts from step 2's best
+    early = BestOnDevCallback(tmp_path / "best.safetensors", patience=2, resume_step=2)
+    assert [h["step"] for h in early.history] == [1, 2] and early.best == (0.8, -0.5) and early.bad == 0
+    assert [h["step"] for h in BestOnDevCallback(tmp_path / "best.safetensors", 2, resume_step=3).history] == [1, 2, 3]
+    assert BestOnDevCallback(tmp_path / "best.safetensors", 2, resume_step=3).bad == 1
     assert BestOnDevCallback(tmp_path / "best.safetensors", patience=2).best is None  # a fresh run forgets it

@@ -167,8 +167,9 @@ PRESETS: dict[str, dict] = {
         # save_every: checkpoints every other step, so the kill-and-resume tests have something to resume from
         "pretrain": {"epochs": 2, "max_steps": 6, "batch_size": 8, "block_size": 64, "save_every": 2},
         "sft": {"max_steps": 6, "batch_size": 8, "max_length": 160, "save_every": 2},
+        # rm: every step, since its step count depends on how many sampled answers tie (2 steps on 2026-11-30)
         "rm": {"max_prompts": 12, "max_new_tokens": 24, "epochs": 1.0, "batch_size": 8, "max_length": 200,
-               "save_every": 2},
+               "save_every": 1},
         "ppo": {"steps": 3, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 16,
                 "save_every": 1},
         "align": {"max_steps": 2, "batch_size": 4, "num_generations": 2, "max_completion_length": 16,

@@ -247,13 +247,14 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     rm = prepare_qlora(rm, cfg.lora, task_type="SEQ_CLS", quantized=preset.quant.load_in_4bit)
     before = pairwise_accuracy(rm, tokenizer, test_pairs)
     per_epoch = -(-len(train_pairs) // (cfg.batch_size * getattr(cfg, "grad_accum", 1)))
-    stopper = BestOnDevCallback(d / "best_on_dev.safetensors", cfg.patience, resume) if dev_pairs else None
+    start = resume_step(d, resume)
+    stopper = BestOnDevCallback(d / "best_on_dev.safetensors", cfg.patience, start) if dev_pairs else None
     early = dict(eval_strategy="steps", eval_steps=max(1, per_epoch // max(1, cfg.evals_per_epoch))) if stopper else {}
     args = training_args(RewardConfig, cfg, d, seed, preset, max_length=None, remove_unused_columns=True, **early)
     trainer = RewardTrainer(model=rm, args=args, processing_class=tokenizer,
                             train_dataset=preference_dataset(tokenizer, train_pairs),
                             eval_dataset=preference_dataset(tokenizer, dev_pairs) if stopper else None,
-                            callbacks=[JsonlLogCallback(d / "log.jsonl", start := resume_step(d, resume)),
+                            callbacks=[JsonlLogCallback(d / "log.jsonl", start),
                                        AtomicCheckpointCallback()] + ([stopper] if stopper else []))
     restore_adapter_dtype(trainer.model, preset)
     result = train_resumable(trainer, d, resume)

@@ -80,35 +80,48 @@ class BestOnDevCallback(TrainerCallback):
     """Early stopping on a dev split: after each evaluation keep a copy of the trainable weights when dev accuracy
     is the best so far (ties go to the lower dev loss), stop after `patience` evaluations without a new best, and
     `restore` the best weights at the end. The copy is written to `path` (safetensors, atomically) with its record
-    beside it, so a resumed run continues from the same best."""
+    beside it, so a resumed run continues from the same best.
 
-    def __init__(self, path: Path, patience: int, resume: bool = False):
+    `resume_step` is the step of the checkpoint a resumed run continues from (None: a fresh run). Evaluations
+    after it (made before the kill, past the last complete checkpoint) are dropped and the best and the patience
+    count are replayed from the ones before, since the resumed run evaluates those steps again. Their weights
+    file may still hold a dropped evaluation's weights; a deterministic re-run re-evaluates that step the same way
+    and writes the same weights again."""
+
+    def __init__(self, path: Path, patience: int, resume_step: int | None = None):
         self.path, self.patience = Path(path), patience
         self.best, self.bad, self.history = None, 0, []
         meta = self.path.with_suffix(".json")
-        if resume and meta.exists():
-            m = json.loads(meta.read_text(encoding="utf-8"))
-            self.best, self.bad, self.history = tuple(m["best"]), m["bad"], m["history"]
-        elif not resume:
+        if resume_step is not None and meta.exists():
+            for h in json.loads(meta.read_text(encoding="utf-8"))["history"]:
+                if h["step"] <= resume_step:
+                    self._record(h)
+        elif resume_step is None:
             for f in (self.path, meta):
                 f.unlink(missing_ok=True)
+
+    def _record(self, h: dict) -> bool:
+        """Add one evaluation; True when it is the best so far (ties go to the lower dev loss)."""
+        self.history.append(h)
+        key = (h["dev_accuracy"], -h["dev_loss"])
+        if self.best is None or key > self.best:
+            self.best, self.bad = key, 0
+            return True
+        self.bad += 1
+        return False
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         from safetensors.torch import save_file
 
         acc, loss = metrics["eval_accuracy"], metrics["eval_loss"]
-        self.history.append({"step": state.global_step, "epoch": round(state.epoch or 0, 3),
-                             "dev_accuracy": round(acc, 4), "dev_loss": round(loss, 4)})
-        key = (round(acc, 4), -round(loss, 4))
-        if self.best is None or key > self.best:
-            self.best, self.bad = key, 0
+        if self._record({"step": state.global_step, "epoch": round(state.epoch or 0, 3),
+                         "dev_accuracy": round(acc, 4), "dev_loss": round(loss, 4)}):
             if state.is_world_process_zero:
                 tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
                 tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
                 save_file(tensors, str(tmp))
                 os.replace(tmp, self.path)
         else:
-            self.bad += 1
             control.should_training_stop = self.bad >= self.patience
         if state.is_world_process_zero:
             tmp = self.path.with_name(f"{self.path.stem}.json.tmp{os.getpid()}")
