@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
+    # issue 16: `zj delta apply` (zj_utils/delta.py)
+    from . import delta
+    delta.add_parser(sub)
     return parser
 
 
@@ -214,6 +217,9 @@ def _dispatch(args) -> int:
         from .fetch import fetch
         print(f"{args.name}: {fetch(args.name, args.dest, force=args.force)}")
         return 0
+    if args.command == "delta":  # issue 16: zj_utils/delta.py
+        from . import delta
+        return delta.cli_main(args)
     from .presets import PRESETS, get_preset
 
     if args.command == "estimate":
