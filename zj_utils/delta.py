@@ -73,26 +73,28 @@ class Weights:
             self.kind = "bin"
         if not self.files:
             raise ZJError(f"The {what} folder {folder} has no weights (*.safetensors or pytorch_model*.bin).")
-        self._open: dict[Path, object] = {}
         self.where: dict[str, Path] = {}
+        self._shapes: dict[str, tuple] = {}
         for f in self.files:
-            for name in self._handle(f).keys():
-                self.where.setdefault(name, f)
+            for name, shape in self._index(f).items():
+                if name not in self.where:
+                    self.where[name], self._shapes[name] = f, shape
 
-    def _handle(self, f: Path):
-        if f not in self._open:
-            if self.kind == "safetensors":
-                from safetensors import safe_open
+    def _load_bin(self, f: Path) -> dict:
+        import torch
 
-                self._open[f] = safe_open(str(f), framework="pt", device="cpu")
-            else:
-                import torch
+        try:  # mmap: a 10 GB shard costs no memory until a tensor is read
+            return torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) pickle cannot be memory-mapped
+            return torch.load(f, map_location="cpu", weights_only=True)
 
-                try:  # mmap: a 10 GB shard costs no memory until a tensor is read
-                    self._open[f] = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError:  # a legacy (non-zip) pickle cannot be memory-mapped
-                    self._open[f] = torch.load(f, map_location="cpu", weights_only=True)
-        return self._open[f]
+    def _index(self, f: Path) -> dict[str, tuple]:
+        if self.kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt", device="cpu") as h:
+                return {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
+        return {k: tuple(v.shape) for k, v in self._load_bin(f).items()}
 
     def names(self) -> list[str]:
         return list(self.where)
@@ -101,14 +103,21 @@ class Weights:
         return name in self.where
 
     def shape(self, name: str) -> tuple:
-        h = self._handle(self.where[name])
-        if self.kind == "safetensors":
-            return tuple(h.get_slice(name).get_shape())
-        return tuple(h[name].shape)
+        return self._shapes[name]
 
     def get(self, name: str):
-        h = self._handle(self.where[name])
-        return h.get_tensor(name) if self.kind == "safetensors" else h[name]
+        """The tensor, copied out of the file. The file is opened for this one read and closed again: a mapping
+        kept open would keep every page read so far resident, i.e. both models by the end."""
+        f = self.where[name]
+        if self.kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt", device="cpu") as h:
+                return h.get_tensor(name)
+        sd = self._load_bin(f)
+        t = sd[name].clone()
+        del sd
+        return t
 
     def config(self) -> dict:
         p = self.folder / "config.json"
