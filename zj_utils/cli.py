@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
+    # issue 16: `zj delta apply` (zj_utils/delta.py) and `zj export --to openrlhf|verl` (zj_utils/export.py)
+    from . import delta, export
+    delta.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 
@@ -217,6 +221,9 @@ def _dispatch(args) -> int:
         from .fetch import fetch
         print(f"{args.name}: {fetch(args.name, args.dest, force=args.force)}")
         return 0
+    if args.command in ("delta", "export"):  # issue 16: zj_utils/delta.py, zj_utils/export.py
+        from . import delta, export
+        return (delta if args.command == "delta" else export).cli_main(args)
     from .presets import PRESETS, get_preset
 
     if args.command == "estimate":

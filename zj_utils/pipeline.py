@@ -44,7 +44,10 @@ def run_world(preset, out, seed: int = 0) -> dict:
 
 def run_stage(stage: str, preset, out, seed: int = 0, **kwargs) -> dict:
     from . import base_model, evaluate, ppo, pretrain, reward, sft
+    from .delta import check_not_delta
 
+    if stage != "world":  # every stage after the world stands on the base model: never on delta weights
+        check_not_delta(preset.model)
     runners = {"world": run_world, "base": base_model.build_base, "pretrain": pretrain.run_pretrain,
                "sft": sft.run_sft, "rm": reward.run_rm, "ppo": ppo.run_ppo, "eval": evaluate.run_eval}
     return runners[stage](preset, out, seed, **kwargs)
@@ -82,7 +85,10 @@ def reproduce(preset_name: str, out, seed: int = 0, overrides: list[str] | None 
     the same preset and seed); wall-clock times go to OUT/timings.json."""
     from .presets import get_preset
 
+    from .delta import check_not_delta
+
     preset = get_preset(preset_name, overrides)
+    check_not_delta(preset.model)  # before the world: a run on delta weights stops before any work
     timer = Timer()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

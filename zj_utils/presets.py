@@ -206,7 +206,9 @@ PRESETS: dict[str, dict] = {
                  "test_sets": REAL_TEST_SETS, "judge": "openai", "judge_model": "gpt-4o"},
     },
     "zhongjing-13b": {
-        "description": "The paper's set-up (Ziya-LLaMA-13B base, the public training scripts) with QLoRA on one 40-80 GB GPU.",
+        "description": "The paper's set-up (Ziya-LLaMA-13B base, the public training scripts) with QLoRA on one 40-80 GB GPU. "
+                       "Ziya is published as delta weights against LLaMA-13B: rebuild it once with `zj delta apply` "
+                       "and run with --set model.name_or_path=TARGET_DIR (stages refuse the delta itself).",
         "model": {"name_or_path": "IDEA-CCNL/Ziya-LLaMA-13B-v1", "dtype": "bfloat16", "max_length": 2048},
         "quant": {"compute_dtype": "bfloat16"},
         "pretrain": {"learning_rate": 5e-5, "epochs": 3, "batch_size": 4, "grad_accum": 4, "block_size": 2048,
