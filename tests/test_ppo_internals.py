@@ -9,23 +9,8 @@ import torch
 
 import zj_utils.ppo as P
 from ppo_fixtures import HAS_EOS, PROMPTS, RESPONSES, fixed_rollout, length_reward, use_rollout
-from test_ppo import make_policy, make_tokenizer
+from test_ppo import _threads, make_policy, make_tokenizer, tok  # noqa: F401 (fixtures: one thread count, one tokenizer)
 from zj_utils.ppo import KLController, PPOConfig, ValueHead
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    from zj_utils.common import cpu_threads
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(cpu_threads())
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
 
 
 def _cfg(**kw):

@@ -38,18 +38,12 @@ def _read_jsonl(path: str | Path, what: str) -> list[dict]:
 def load_tests(paths) -> list[dict]:
     """Test items from one or more test files in any format `data.load_test_records` reads (CMtMedQA, Huatuo-26M,
     chat JSONL, the world's test_*.jsonl): `{id, set, messages, reference, ...}`; ids must be unique over all."""
-    from .data import load_test_records
+    from .data import check_unique_ids, load_test_records
 
     items = []
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         items += load_test_records(path)
-    seen: dict = {}
-    for it in items:
-        if it["id"] in seen:
-            raise ZJError(f"Test item id {it['id']!r} is in both set {seen[it['id']]!r} and set {it['set']!r}: ids "
-                          "must be unique over the test files.")
-        seen[it["id"]] = it["set"]
-    return items
+    return check_unique_ids(items, "the test files")
 
 
 def without_gold(items: list[dict]) -> dict[str, int]:

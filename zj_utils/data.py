@@ -759,6 +759,20 @@ def iter_test_records(path, format: str | None = None) -> Iterator[dict]:
         yield t
 
 
+def check_unique_ids(items: list[dict], where: str) -> list[dict]:
+    """`items` as they are, after checking that no id stands in two records (answers and verdicts are keyed by
+    id); `where` names what was read, for the error."""
+    from .common import ZJError
+
+    seen: dict = {}
+    for it in items:
+        if it["id"] in seen:
+            raise ZJError(f"Test item id {it['id']!r} is in both set {seen[it['id']]!r} and set {it['set']!r}: ids "
+                          f"must be unique over {where}.")
+        seen[it["id"]] = it["set"]
+    return items
+
+
 def load_test_records(path, format: str | None = None) -> list[dict]:
     """A test set in any format a loader reads -> ``[{"id", "set", "messages", "reference", ...}]``.
 

@@ -112,7 +112,7 @@ def load_eval_items(test_sets: list, world: Path, max_items: int = -1, available
     """The test items of `eval.test_sets`, at most `max_items` per set (-1: all): "world" gives the world's three
     sets (with their references), a file its records (`data.load_test_records`: a CMtMedQA file gives two sets,
     multi-turn and safety). `available`, when given, receives each set's full size. Ids must be unique over all."""
-    from .data import load_test_records
+    from .data import check_unique_ids, load_test_records
 
     if not test_sets:
         raise ZJError("eval.test_sets is empty: name \"world\" and/or test files.")
@@ -128,13 +128,7 @@ def load_eval_items(test_sets: list, world: Path, max_items: int = -1, available
         for name, recs in by_set.items():
             available[name] = available.get(name, 0) + len(recs)
             items += recs[:max_items] if max_items > 0 else recs
-    seen: dict = {}
-    for it in items:
-        if it["id"] in seen:
-            raise ZJError(f"Test item id {it['id']!r} is in both set {seen[it['id']]!r} and set {it['set']!r}: ids "
-                          "must be unique over eval.test_sets.")
-        seen[it["id"]] = it["set"]
-    return items
+    return check_unique_ids(items, "eval.test_sets")
 
 
 def auto_metrics(items: list[dict], answers: list[str]) -> dict:
