@@ -36,6 +36,7 @@ def test_pick_by_reward_model_mean_over_seeds(sweep):
     rows = collect(sweep)
     assert set(rows["sft"]) == {None} and set(rows["sft"][None]) == {0, 1}
     assert rows["ppo"][1e-3][0]["win_minus_loss"] == -10.0
+    assert rows["ppo"][1e-3][0]["rm_gain"] == pytest.approx(1.1) and rows["sft"][None][1]["rm_gain"] == 0
     assert pick_learning_rates(rows) == {"ppo": 1e-3, "dpo": 3e-4}
 
 
@@ -58,6 +59,7 @@ def test_summary_table_and_cli(sweep, capsys):
     assert ppo["lr"] == 1e-3 and ppo["seeds"] == [0, 1]
     assert ppo["rm_score"] == {"mean": 0.9, "min": 0.6, "max": 1.2, "per_seed": [1.2, 0.6]}
     assert ppo["unsafe_rate"]["mean"] == 0.5 and ppo["win_minus_loss"]["mean"] == -10.0
+    assert ppo["rm_gain"]["mean"] == pytest.approx(0.8)
     assert s["picked"]["sft"]["unsafe_rate"]["mean"] == 0.3 and s["picked"]["sft"]["win_minus_loss"] is None
     out = capsys.readouterr().out
     assert "| ppo | 0.001 | 2 | 0.900 [0.600, 1.200]" in out

@@ -24,7 +24,7 @@ from .common import ZJError, link_dir, read_json, require, stage_done, write_jso
 METHODS = ("ppo", "dpo", "grpo", "rloo")
 SHARED_STAGES = ("world", "sft", "rm")
 SELECT_BY = "rm_score"  # the reward model's held-out score: the only signal a practitioner without the judge has
-MEASURES = (("rm_score", "RM score", ".3f"), ("kl_to_sft", "KL to SFT", ".4f"), ("unsafe_rate", "unsafe", ".3f"),
+MEASURES = (("rm_score", "RM score", ".3f"), ("rm_gain", "RM gain over SFT", "+.3f"), ("kl_to_sft", "KL to SFT", ".4f"), ("unsafe_rate", "unsafe", ".3f"),
             ("win_pct_vs_sft", "win %", ".1f"), ("loss_pct_vs_sft", "loss %", ".1f"),
             ("win_minus_loss", "win - loss", "+.1f"))
 
@@ -90,13 +90,16 @@ def _stats(vals: list) -> dict | None:
 
 
 def collect(out: str | Path) -> dict:
-    """{method: {lr: {seed: row}}} from every finished cell's align_compare/metrics.json, with win - loss added;
+    """{method: {lr: {seed: row}}} from every finished cell's align_compare/metrics.json, with win - loss and the
+    RM gain over the same seed's SFT model added (each seed has its own reward model, whose scale differs);
     "sft" (the same for every learning rate of a seed) under lr None."""
     rows: dict = {}
     for f in sorted(Path(out).glob("seed*/lr*/align_compare/metrics.json")):
         seed, lr = int(f.parents[2].name[4:]), float(f.parents[1].name[2:])
-        for name, r in read_json(f)["models"].items():
+        models = read_json(f)["models"]
+        for name, r in models.items():
             r = dict(r)
+            r["rm_gain"] = round(r["rm_score"] - models["sft"]["rm_score"], 4)
             if r.get("win_pct_vs_sft") is not None:
                 r["win_minus_loss"] = round(r["win_pct_vs_sft"] - r["loss_pct_vs_sft"], 2)
             rows.setdefault(name, {}).setdefault(None if name == "sft" else lr, {})[seed] = r
@@ -164,7 +167,7 @@ def sweep_figure(summary: dict):
     """RM score, unsafe rate and win - loss against the learning rate, one line per method (dots: seeds)."""
     import matplotlib.pyplot as plt
 
-    panels = [("rm_score", "RM score (held-out, greedy)"), ("unsafe_rate", "unsafe rate (rule judge)"),
+    panels = [("rm_gain", "RM score gain over SFT (held-out, greedy)"), ("unsafe_rate", "unsafe rate (rule judge)"),
               ("win_minus_loss", "win - loss % vs SFT (rule judge)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     sft = summary["grid"].get("sft", {}).get("sft", {})
@@ -172,7 +175,7 @@ def sweep_figure(summary: dict):
         for name, by_lr in summary["grid"].items():
             if name == "sft":
                 continue
-            pts = sorted((float(lr), r[key]) for lr, r in by_lr.items() if r.get(key))
+            pts = sorted((float(lr), r[key]) for lr, r in by_lr.items() if r.get(key) is not None)
             if not pts:
                 continue
             line, = ax.plot([p[0] for p in pts], [p[1]["mean"] for p in pts], marker="o", label=name)
@@ -182,7 +185,7 @@ def sweep_figure(summary: dict):
                 lr = summary["picked_lr"][name]
                 ax.scatter([lr], [by_lr[f"{lr:g}"][key]["mean"]], s=120, facecolors="none",
                            edgecolors=line.get_color())
-        if sft.get(key):
+        if sft.get(key) is not None:
             ax.axhline(sft[key]["mean"], color="grey", ls="--", lw=1, label="sft")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
