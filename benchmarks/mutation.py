@@ -226,14 +226,13 @@ def find_mutants(module: str) -> list[dict]:
     starts = [0]
     for ln in lines:
         starts.append(starts[-1] + len(ln))
-    mutants = []
+    mutants, keys = [], set()
     for qname, fn in _functions(tree, spec["functions"]).items():
         parent_of = {c: p for p in ast.walk(fn) for c in ast.iter_child_nodes(p)}
-        seen = 0
         for node in _walk(fn):
             if isinstance(node, ast.Constant) and _negated_constant(node, parent_of):
                 continue  # -c is mutated as a whole (see _variants)
-            for desc, new in _variants(node):
+            for j, (desc, new) in enumerate(_variants(node)):
                 # splice the replacement over the node's own span (col offsets are UTF-8 byte offsets)
                 a = starts[node.lineno - 1] + node.col_offset
                 b = starts[node.end_lineno - 1] + node.end_col_offset
@@ -245,9 +244,13 @@ def find_mutants(module: str) -> list[dict]:
                     ast.parse(mutated)
                 except SyntaxError:
                     continue
-                seen += 1
                 original = src[a:b].decode()
-                key = f"{spec['file']}:{qname}:{node.lineno}:{node.col_offset}:{desc}"
+                # j tells apart two identical operators in one chained comparison (a < b < c)
+                # and the end, two nested operators that start at the same place (a * b * c)
+                key = f"{spec['file']}:{qname}:{node.lineno}:{node.col_offset}:{desc}" + (f":{j}" if j else "")
+                if key in keys:
+                    key += f":{node.end_lineno}:{node.end_col_offset}"
+                keys.add(key)
                 mutants.append({"id": hashlib.sha1(key.encode()).hexdigest()[:12], "module": module,
                                 "file": spec["file"], "function": qname, "line": node.lineno, "col": node.col_offset,
                                 "mutation": desc,
