@@ -1,0 +1,65 @@
+"""Gaps that mutation testing (benchmarks/mutation.py, docs/MUTATION.md) found: changes to the code that every
+other test let through. Each test here is cheap and names the mutant it kills."""
+import numpy as np
+
+from zj_utils.stats import bootstrap_ci, mean_ci, win_tie_loss
+
+
+# --------------------------------------------------------------------------- stats
+
+def _resampled(values, n_boot: int, seed: int) -> np.ndarray:
+    """The resamples bootstrap_ci and mean_ci draw: the same generator, the same call."""
+    v = np.asarray(values)
+    return v[np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))]
+
+
+def test_net_pct_with_a_margin_of_more_than_one():
+    """net_pct = 100 * (win - loss) / n; with win - loss = +-1, as in test_stats.py, 100 / (win - loss) / n is the
+    same number (mutant: `100 * (...)` -> `100 / (...)`)."""
+    assert win_tie_loss([1, 1, 1, 0, -1])["net_pct"] == 40.0
+    assert win_tie_loss([-1, -1, -1, 1])["net_pct"] == -50.0
+
+
+def test_bootstrap_ci_is_the_percentile_interval_of_its_resamples_to_two_decimals():
+    """Exactly the 2.5th and 97.5th percentiles of the resampled shares, rounded to 2 decimals, with the defaults
+    n_boot=1000, seed=0, alpha=0.05 (mutants: 100 -> 101 in the percentile, round(.., 2) -> 3, the defaults)."""
+    signs = [1] * 23 + [0] * 9 + [-1] * 17
+    boot = _resampled(signs, 1000, 0)
+    win, tie, loss = ((boot == v).mean(axis=1) * 100 for v in (1, 0, -1))
+    want = {k: [round(float(x), 2) for x in np.percentile(s, [2.5, 97.5])]
+            for k, s in zip(("win_pct", "tie_pct", "loss_pct", "net_pct"), (win, tie, loss, win - loss))}
+    assert bootstrap_ci(signs) == want
+    assert bootstrap_ci(signs, n_boot=1000, seed=0, alpha=0.05) == want
+
+
+def test_mean_ci_is_the_percentile_interval_of_its_resamples_to_four_decimals():
+    """The same for mean_ci, rounded to 4 decimals (mutants: 100 -> 101, 2 -> 3 in the percentiles,
+    round(.., 4) -> 5, the defaults n_boot=1000 and seed=0)."""
+    values = [0.1, 0.7, 0.25, 1.0, 0.0, 0.33, 0.9, 0.5, 0.61, 0.05, 0.77]
+    means = _resampled(values, 1000, 0).mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    want = {"n": 11, "mean": round(float(np.mean(values)), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}
+    assert mean_ci(values) == want
+    assert want["mean"] != round(float(np.mean(values)), 5)  # the data need the 4th decimal's rounding
+
+
+def test_two_level_bootstrap_is_the_percentile_interval_of_seed_then_item_resamples():
+    """Seeds drawn with replacement, then items within each drawn seed, from one generator seeded 0, 2000 times;
+    the 2.5th/97.5th percentiles of the means, everything rounded to 4 decimals (mutants: the defaults n_boot=2000
+    and seed=0, 100 -> 101 and 2 -> 3 in the percentiles, round(.., 4) -> 5). The coverage and scipy comparisons
+    in test_stats_level.py allow Monte Carlo error, so they cannot see these."""
+    from zj_utils.ablations import two_level_bootstrap
+
+    gen = np.random.default_rng(12)
+    per_seed = [gen.normal(size=n) for n in (9, 14, 11)]
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(2000):
+        draw = rng.integers(0, 3, size=3)
+        boots.append(np.mean([per_seed[i][rng.integers(0, per_seed[i].size, per_seed[i].size)].mean()
+                              for i in draw]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    got = two_level_bootstrap(per_seed)
+    assert got == {"mean": round(float(np.mean([v.mean() for v in per_seed])), 4),
+                   "ci": [round(float(lo), 4), round(float(hi), 4)],
+                   "per_seed": [round(float(v.mean()), 4) for v in per_seed]}
