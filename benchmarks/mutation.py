@@ -23,14 +23,16 @@ checks that zj_utils is imported from the checkout it runs in), with PYTHONDONTW
 ZJ_THREADS=1, under a per-mutant timeout of max(--min-timeout, --timeout-factor x the unmutated run's time).
 
 How to run (on a shared machine, keep it polite):
-    PYTHONPATH=. nice -n 19 python benchmarks/mutation.py --module stats            # one module
-    PYTHONPATH=. nice -n 19 python benchmarks/mutation.py --module ppo --sample 60 --seed 0   # a seeded sample
-    python benchmarks/mutation.py --list                                              # mutants, no tests run
-    python benchmarks/mutation.py --report                                            # table + survivors only
-Results are appended, one JSON line per mutant, to runs/mutation/<module>.jsonl; a rerun skips mutants already
-there (same id, same source), so an interrupted run resumes and a sample can be grown by raising --sample.
---fresh drops a module's earlier results. Every run ends with the table (mutants, killed, survived, timeout,
-kill rate) and writes runs/mutation/survivors.json (file, line, function, the mutation).
+    PYTHONPATH=. nice -n 19 python benchmarks/mutation.py --module stats                  # one module
+    PYTHONPATH=. nice -n 19 python benchmarks/mutation.py --module ppo_maths --sample 60    # a seeded sample
+    PYTHONPATH=. nice -n 19 python benchmarks/mutation.py                                  # all, one after another
+    python benchmarks/mutation.py --list [--module M]          # the mutants, no tests run
+    python benchmarks/mutation.py --report [--out DIR]         # the table and survivors.json again
+Results are appended, one JSON line per mutant, to runs/mutation/<module>.jsonl (--out DIR for another folder);
+a rerun skips mutants already there (same id, same source file), so an interrupted run resumes, --budget SECONDS
+stops a module early for a later resume, and a sample grows by raising --sample (same --seed). --fresh drops a
+module's earlier results. Every run ends with the table (mutants, of how many, killed, survived, timeout, kill
+rate) over every module with results, and writes runs/mutation/survivors.json (file, line, function, mutation).
 """
 from __future__ import annotations
 
@@ -56,12 +58,12 @@ MODULES: dict[str, dict] = {
     "stats": {
         "file": "zj_utils/stats.py",
         "functions": ["_signs", "win_tie_loss", "_interval", "bootstrap_ci", "mean_ci"],
-        "tests": ["tests/test_stats.py", "tests/test_stats_level.py"],
+        "tests": ["tests/test_stats.py", "tests/test_stats_level.py", "tests/test_mutation_gaps.py"],
     },
     "ablations_bootstrap": {
         "file": "zj_utils/ablations.py",
         "functions": ["two_level_bootstrap"],
-        "tests": ["tests/test_stats_level.py", "tests/test_ablations.py"],
+        "tests": ["tests/test_stats_level.py", "tests/test_ablations.py", "tests/test_mutation_gaps.py"],
         "k": "bootstrap or level or interval",
     },
     "judges_merge": {
@@ -397,6 +399,7 @@ def report(modules: list[str]) -> None:
 
 
 def main(argv=None) -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--module", action="append", choices=sorted(MODULES),
                     help="module(s) to run (repeatable); default all, in the order of MODULES")
@@ -408,7 +411,9 @@ def main(argv=None) -> None:
     ap.add_argument("--fresh", action="store_true", help="drop the module's earlier results first")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--report", action="store_true", help="only print the table and write survivors.json")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"results folder (default {OUT.relative_to(ROOT)})")
     args = ap.parse_args(argv)
+    OUT = args.out.resolve()
     modules = args.module or list(MODULES)
     if args.list:
         for module in modules:
@@ -422,7 +427,7 @@ def main(argv=None) -> None:
         for module in modules:
             run_module(module, args.sample, args.seed, args.timeout_factor, args.min_timeout, args.fresh,
                        args.budget)
-    report(modules)
+    report(list(MODULES))  # every module with results in OUT, so survivors.json covers them all
 
 
 if __name__ == "__main__":
