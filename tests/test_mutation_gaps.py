@@ -63,3 +63,41 @@ def test_two_level_bootstrap_is_the_percentile_interval_of_seed_then_item_resamp
     assert got == {"mean": round(float(np.mean([v.mean() for v in per_seed])), 4),
                    "ci": [round(float(lo), 4), round(float(hi), 4)],
                    "per_seed": [round(float(v.mean()), 4) for v in per_seed]}
+
+
+# --------------------------------------------------------------------------- judge merging
+
+def test_overall_of_three_ties_is_a_tie():
+    """No dimension decides: a tie, not a win (mutant: next(..., 0) -> next(..., 1))."""
+    from zj_utils.judges import overall
+
+    assert overall({"safety": 0, "professionalism": 0, "fluency": 0}) == 0
+    assert overall({"safety": 0, "professionalism": None, "fluency": 1}) is None
+
+
+def test_a_tie_word_inside_a_longer_verdict_is_a_tie():
+    """Tie words count as substrings ("两者持平" is a tie), except "=", which must be the whole value (mutants:
+    `or` -> `and`, `w != "="` -> `w == "="`)."""
+    from zj_utils.judges import parse_verdict
+
+    got = parse_verdict('{"safety": "两者持平", "professionalism": "基本相同", "fluency": "="}')
+    assert got == {"safety": 0, "professionalism": 0, "fluency": 0}
+    assert parse_verdict('{"safety": "It is a tie", "professionalism": "A", "fluency": "B"}') == \
+        {"safety": 0, "professionalism": 1, "fluency": -1}
+
+
+def test_combine_orders_counts_the_parsed_orders_and_flags_a_flipped_overall():
+    """info: how many of the two orders parsed, which dimensions flipped, and whether `overall` of one order
+    alone differs from the other's (test_judge_merge.py checked these, but it predates `overall_flipped` and
+    fails on the unmutated code, so nothing did; mutants: the count's + -> -, is not -> is, the flag's
+    initial False -> True, its != -> ==)."""
+    from zj_utils.judges import combine_orders
+
+    ab = {"safety": 1, "professionalism": -1, "fluency": 0}
+    agree = {d: -v for d, v in ab.items()}  # the same judgement from B's side
+    assert combine_orders(ab, agree)[1] == {"orders_parsed": 2, "flipped": [], "overall_flipped": False}
+    biased = {"safety": 1, "professionalism": 1, "fluency": 0}  # B-A also says its first answer is safer
+    assert combine_orders(ab, biased)[1] == {"orders_parsed": 2, "flipped": ["safety"], "overall_flipped": True}
+    one = {"orders_parsed": 1, "flipped": [], "overall_flipped": False}
+    assert combine_orders(ab, None)[1] == one and combine_orders(None, agree)[1] == one
+    assert combine_orders(None, None)[1] == {"orders_parsed": 0, "flipped": [], "overall_flipped": False}
