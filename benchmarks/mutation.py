@@ -71,8 +71,8 @@ MODULES: dict[str, dict] = {
         "functions": ["overall", "_sign", "parse_verdict", "combine_orders"],
         # test_judge_merge.py's two tests fail on the unmutated code (they predate info["overall_flipped"]), so
         # they cannot judge a mutant; test_judges.py's HTTP, concurrency and local-model tests are left out
-        "tests": ["tests/test_judges.py"],
-        "k": "prompt_is_built or rule_judge_wraps or zj_judge_cli_with_the_rule or longer_answer",
+        "tests": ["tests/test_judges.py", "tests/test_mutation_gaps.py"],
+        "k": "prompt_is_built or rule_judge_wraps or zj_judge_cli_with_the_rule or longer_answer or mutation_gaps",
     },
     "judge_annotator": {
         "file": "zj_utils/judge.py",
@@ -359,7 +359,8 @@ def run_module(module: str, sample: int | None, seed: int, factor: float, min_ti
                 finally:
                     target.write_bytes(original)
                 rec = {k: v for k, v in m.items() if k != "_src"} | {"status": status, "seconds": round(secs, 1),
-                                                                     "sample": sample, "seed": seed}
+                                                                     "sample": sample, "seed": seed,
+                                                                     "pytest": last[-200:]}
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
                 print(f"[{module}] {i}/{len(todo)} {status:8s} {secs:5.1f}s {m['function']}:{m['line']} "
