@@ -1,6 +1,7 @@
 """Gaps that mutation testing (benchmarks/mutation.py, docs/MUTATION.md) found: changes to the code that every
 other test let through. Each test here is cheap and names the mutant it kills."""
 import numpy as np
+import pytest
 
 from zj_utils.stats import bootstrap_ci, mean_ci, win_tie_loss
 
@@ -101,3 +102,46 @@ def test_combine_orders_counts_the_parsed_orders_and_flags_a_flipped_overall():
     one = {"orders_parsed": 1, "flipped": [], "overall_flipped": False}
     assert combine_orders(ab, None)[1] == one and combine_orders(None, agree)[1] == one
     assert combine_orders(None, None)[1] == {"orders_parsed": 0, "flipped": [], "overall_flipped": False}
+
+
+# --------------------------------------------------------------------------- PPO maths (torch imported lazily: the
+# stats and judge checks above need none)
+
+def test_masked_mean_by_row_with_one_token_and_with_none():
+    """A row with one masked-in token averages over 1, an empty row gives 0 (mutant: clamp(min=1) -> min=2 on the
+    per-row branch; test_ppo.py's rows have 2 and 3 tokens)."""
+    import torch
+    from zj_utils.ppo import masked_mean
+
+    x = torch.tensor([[3.0, 8.0, 8.0], [5.0, 8.0, 8.0]])
+    m = torch.tensor([[1, 0, 0], [0, 0, 0]])
+    assert masked_mean(x, m, dim=1).tolist() == [3.0, 0.0]
+
+
+def test_whitening_constant_advantages_gives_zeros_not_nan():
+    """All masked-in values equal (variance 0): whitening gives 0 there, finite (mutant: var + 1e-8 -> var - 1e-8,
+    rsqrt of a negative number is NaN)."""
+    import torch
+    from zj_utils.ppo import masked_whiten
+
+    x = torch.tensor([[0.7, 0.7, 0.7, 9.0]])
+    m = torch.tensor([[1, 1, 1, 0]])
+    assert masked_whiten(x, m).tolist() == [[0.0, 0.0, 0.0, 9.0]]
+    assert masked_whiten(x, m, shift_mean=False)[0, :3].tolist() == pytest.approx([0.7, 0.7, 0.7])
+
+
+def test_gae_defaults_are_ppoconfigs_and_one_token_responses_work():
+    """compute_gae's defaults are PPOConfig's (gamma 1, lam 0.95; mutants 1.0 -> 2.0, 0.95 -> 1.95), and a
+    response of one token (R = 1) is fine (mutant: zeros_like(rewards[:, 0]) -> rewards[:, 1])."""
+    import torch
+    from zj_utils.ppo import PPOConfig, compute_gae
+
+    cfg = PPOConfig()
+    assert (cfg.gamma, cfg.lam) == (1.0, 0.95)
+    r, v, m = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3)
+    adv, ret = compute_gae(r, v, m)
+    # gamma = 1: deltas 0.1, 0.1, 0.3; A2 = 0.3, A1 = 0.1 + 0.95 * 0.3, A0 = 0.1 + 0.95 * A1
+    a1 = 0.1 + 0.95 * 0.3
+    assert adv[0].tolist() == pytest.approx([0.1 + 0.95 * a1, a1, 0.3])
+    adv, ret = compute_gae(torch.tensor([[2.0], [1.0]]), torch.tensor([[0.5], [0.25]]), torch.ones(2, 1))
+    assert adv.tolist() == [[1.5], [0.75]] and ret.tolist() == [[2.0], [1.0]]
