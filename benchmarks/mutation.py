@@ -31,8 +31,9 @@ How to run (on a shared machine, keep it polite):
 Results are appended, one JSON line per mutant, to runs/mutation/<module>.jsonl (--out DIR for another folder);
 a rerun skips mutants already there (same id, same source file), so an interrupted run resumes, --budget SECONDS
 stops a module early for a later resume, and a sample grows by raising --sample (same --seed). --fresh drops a
-module's earlier results. Every run ends with the table (mutants, of how many, killed, survived, timeout, kill
-rate) over every module with results, and writes runs/mutation/survivors.json (file, line, function, mutation).
+module's earlier results; --rerun-survived runs only the earlier survivors again (after adding tests). Every
+run ends with the table (mutants, of how many, killed, survived, timeout, kill rate) over every module with
+results, and writes runs/mutation/survivors.json (file, line, function, mutation).
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ MODULES: dict[str, dict] = {
         "functions": ["_keep", "masked_mean", "masked_var", "masked_whiten", "kl_penalty", "compute_gae",
                       "policy_loss", "value_loss", "entropy_from_logits", "explained_variance", "fit_reward_norm",
                       "shape_scores", "compute_rewards", "compute_logprobs"],
-        "tests": ["tests/test_ppo_internals.py", "tests/test_ppo.py"],
+        "tests": ["tests/test_ppo_internals.py", "tests/test_ppo.py", "tests/test_mutation_gaps.py"],
         # not the smoke_rl stage (a minute); nor the held-out subset, the plot and the CUDA RNG (no maths there)
         "k": "not smoke_rl and not stage and not heldout_subset and not rm_vs_judge and not cuda_rng",
     },
@@ -321,7 +322,7 @@ def _results(module: str) -> dict[str, dict]:
 
 
 def run_module(module: str, sample: int | None, seed: int, factor: float, min_timeout: float, fresh: bool,
-               budget: float | None) -> None:
+               budget: float | None, rerun_survived: bool = False) -> None:
     spec = MODULES[module]
     mutants = find_mutants(module)
     if sample is not None and sample < len(mutants):
@@ -334,6 +335,9 @@ def run_module(module: str, sample: int | None, seed: int, factor: float, min_ti
         res_file.unlink()
     done = _results(module)
     todo = [m for m in mutants if not (m["id"] in done and done[m["id"]]["source"] == m["source"])]
+    if rerun_survived:  # after adding tests: only the survivors run again; a later line for an id replaces it
+        todo = [m for m in mutants if done.get(m["id"], {}).get("status") == "survived"
+                and done[m["id"]]["source"] == m["source"]]
     print(f"[{module}] {len(mutants)} mutants{' (sample, seed %d)' % seed if sample else ''}, "
           f"{len(mutants) - len(todo)} already done, {len(todo)} to run", flush=True)
     if not todo:
@@ -410,6 +414,8 @@ def main(argv=None) -> None:
     ap.add_argument("--min-timeout", type=float, default=30.0)
     ap.add_argument("--budget", type=float, help="stop a module after this many seconds (resume later)")
     ap.add_argument("--fresh", action="store_true", help="drop the module's earlier results first")
+    ap.add_argument("--rerun-survived", action="store_true",
+                    help="run the earlier survivors again (after adding tests; the killed stay killed)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--report", action="store_true", help="only print the table and write survivors.json")
     ap.add_argument("--out", type=Path, default=OUT, help=f"results folder (default {OUT.relative_to(ROOT)})")
@@ -427,7 +433,7 @@ def main(argv=None) -> None:
     if not args.report:
         for module in modules:
             run_module(module, args.sample, args.seed, args.timeout_factor, args.min_timeout, args.fresh,
-                       args.budget)
+                       args.budget, args.rerun_survived)
     report(list(MODULES))  # every module with results in OUT, so survivors.json covers them all
 
 
