@@ -145,3 +145,18 @@ def test_gae_defaults_are_ppoconfigs_and_one_token_responses_work():
     assert adv[0].tolist() == pytest.approx([0.1 + 0.95 * a1, a1, 0.3])
     adv, ret = compute_gae(torch.tensor([[2.0], [1.0]]), torch.tensor([[0.5], [0.25]]), torch.ones(2, 1))
     assert adv.tolist() == [[1.5], [0.75]] and ret.tolist() == [[2.0], [1.0]]
+
+
+def test_value_loss_clips_a_move_down_from_a_nonzero_old_value():
+    """The clip is on new - old, both ways: test_ppo.py's old values are 0 and its moves are up, so new + old and
+    clamp(.., +c, c) gave the same numbers (mutants: `new_values - old_values` -> `+`, `-cliprange_value` -> `+`)."""
+    import torch
+    from zj_utils.ppo import value_loss
+
+    old = torch.tensor([[0.5, 0.5, 0.5]])
+    new = torch.tensor([[1.0, 0.0, 0.6]])
+    ret = torch.tensor([[1.0, -1.0, 0.0]])
+    loss, clipfrac = value_loss(new, old, ret, torch.ones(1, 3), 0.2)
+    # up 0.5 -> clipped to 0.7: max(0, 0.09); down 0.5 -> clipped to 0.3: max(1, 1.69); 0.1 inside: 0.36 both
+    assert loss.item() == pytest.approx(0.5 * (0.09 + 1.69 + 0.36) / 3)
+    assert clipfrac.item() == pytest.approx(2 / 3)
