@@ -160,3 +160,23 @@ def test_value_loss_clips_a_move_down_from_a_nonzero_old_value():
     # up 0.5 -> clipped to 0.7: max(0, 0.09); down 0.5 -> clipped to 0.3: max(1, 1.69); 0.1 inside: 0.36 both
     assert loss.item() == pytest.approx(0.5 * (0.09 + 1.69 + 0.36) / 3)
     assert clipfrac.item() == pytest.approx(2 / 3)
+
+
+def test_explained_variance_by_hand():
+    """The logged diagnostic had no test at all (mutants: return None, 1 - x -> 1 + x, 1.0 -> 2.0, ...):
+    1 for a perfect value function, 0 for one that predicts 0, 0.75 here, NaN when the returns do not vary;
+    padding counts for nothing."""
+    import math
+
+    import torch
+    from zj_utils.ppo import explained_variance
+
+    ret = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    m = torch.tensor([[1, 1, 1, 0]])
+    assert explained_variance(ret, ret, m) == pytest.approx(1.0)
+    # returns 1, 2, 3 (variance 2/3); residuals -0.5, 0.5, 0 (variance 1/6): 1 - 1/4
+    assert explained_variance(ret + torch.tensor([[0.5, -0.5, 0.0, 7.0]]), ret, m) == pytest.approx(0.75)
+    # predicting 0 explains nothing, also when the returns' variance is small (2/300 here)
+    assert explained_variance(torch.zeros(1, 4), 0.1 * ret, m) == pytest.approx(0.0, abs=1e-5)
+    flat = torch.tensor([[2.0, 2.0, 2.0, 5.0]])
+    assert math.isnan(explained_variance(torch.tensor([[1.0, 3.0, 2.0, 0.0]]), flat, m))
