@@ -180,3 +180,16 @@ def test_explained_variance_by_hand():
     assert explained_variance(torch.zeros(1, 4), 0.1 * ret, m) == pytest.approx(0.0, abs=1e-5)
     flat = torch.tensor([[2.0, 2.0, 2.0, 5.0]])
     assert math.isnan(explained_variance(torch.tensor([[1.0, 3.0, 2.0, 0.0]]), flat, m))
+
+
+def test_reward_norm_scales_scores_with_a_small_spread_and_shape_scores_defaults_are_identity():
+    """Scores with std 0.5 are scaled (gain 2), not taken for constant: only std <= 1e-6 is (mutant: the 1e-6
+    threshold -> 1.000001). shape_scores with its defaults returns the raw scores (mutants: gain 1.0 -> 2.0, bias
+    0.0 -> 1.0; the PPO step always passes them)."""
+    import torch
+    from zj_utils.ppo import fit_reward_norm, shape_scores
+
+    gain, bias = fit_reward_norm(torch.tensor([1.0, 2.0]))  # mean 1.5, population std 0.5
+    assert (gain, bias) == pytest.approx((2.0, -3.0))
+    raw = torch.tensor([0.25, -1.5, 3.0])
+    assert shape_scores(raw, torch.tensor([True, False, True])).tolist() == raw.tolist()
