@@ -193,3 +193,25 @@ def test_reward_norm_scales_scores_with_a_small_spread_and_shape_scores_defaults
     assert (gain, bias) == pytest.approx((2.0, -3.0))
     raw = torch.tensor([0.25, -1.5, 3.0])
     assert shape_scores(raw, torch.tensor([True, False, True])).tolist() == raw.tolist()
+
+
+def test_values_are_read_from_the_last_hidden_state():
+    """V comes from the policy's last hidden state at the position before each response token (mutant:
+    hidden_states[-1] -> hidden_states[0], the embeddings; the value heads in the other tests start at zero, so V
+    was 0 whichever layer it read)."""
+    import torch
+    from test_ppo import make_policy, make_tokenizer
+    from zj_utils.ppo import ValueHead, compute_logprobs
+
+    tok = make_tokenizer()
+    policy = make_policy(tok, seed=0)
+    vh = ValueHead(policy.config.hidden_size)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(vh.summary.weight)
+    ids = torch.tensor([tok("abcdefg", add_special_tokens=False)["input_ids"]])
+    am = torch.ones_like(ids)
+    with torch.no_grad():
+        _, _, values = compute_logprobs(policy, ids, am, 3, value_head=vh)
+        hidden = policy(input_ids=ids, attention_mask=am, output_hidden_states=True).hidden_states
+        want, embeddings = vh(hidden[-1][:, 2:-1]), vh(hidden[0][:, 2:-1])
+    assert torch.allclose(values, want, atol=1e-5) and not torch.allclose(want, embeddings, atol=1e-3)
