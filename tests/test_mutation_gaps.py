@@ -215,3 +215,15 @@ def test_values_are_read_from_the_last_hidden_state():
         hidden = policy(input_ids=ids, attention_mask=am, output_hidden_states=True).hidden_states
         want, embeddings = vh(hidden[-1][:, 2:-1]), vh(hidden[0][:, 2:-1])
     assert torch.allclose(values, want, atol=1e-5) and not torch.allclose(want, embeddings, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- probe scoring
+
+def test_probe_accuracy_rounds_to_four_decimals(monkeypatch):
+    """1 hit in 3 is 0.3333 (mutant: round(.., 4) -> 5; the other tests' accuracies are 0, 0.5 and 1)."""
+    import zj_utils.inference as inf
+
+    monkeypatch.setattr(inf, "probe_hits", lambda model, tokenizer, probes: [1, 0, 0])
+    probes = [{"split": "train", "attribute": "drug"}] * 3
+    assert inf.probe_accuracy(None, None, probes) == {"all": 0.3333, "attribute/drug": 0.3333,
+                                                      "split/train": 0.3333, "n": 3}
