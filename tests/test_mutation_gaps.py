@@ -227,3 +227,30 @@ def test_probe_accuracy_rounds_to_four_decimals(monkeypatch):
     probes = [{"split": "train", "attribute": "drug"}] * 3
     assert inf.probe_accuracy(None, None, probes) == {"all": 0.3333, "attribute/drug": 0.3333,
                                                       "split/train": 0.3333, "n": 3}
+
+
+# --------------------------------------------------------------------------- the rule annotator
+
+def test_fluency_deductions_by_flaw():
+    """The fluency abilities' exact deductions (test_judge.py only checks that a flawed answer scores below a good
+    one, so e.g. `logic -= 0.3` -> `+=` survived: readability still fell). Checked by hand: truncated -0.3 logic
+    and -0.4 readability; leaked token -0.6 readability; absurd length -0.5 readability; self-contradiction -0.5
+    logic; repetition: coherence - min(1, 0.4 + share of repeated 4-grams), checked from 8 4-grams on."""
+    from zj_utils.judge import _fluency
+
+    def abilities(a, forbidden=None):
+        return pytest.approx(_fluency(a, forbidden)[0])
+
+    ok = {"logic": 1.0, "coherence": 1.0, "readability": 1.0}
+    assert _fluency("考虑是感冒，建议多喝水休息。", None)[0] == ok
+    assert abilities("考虑是感冒，建议休息") == ok | {"logic": 0.7, "readability": 0.6}
+    assert abilities("考虑是感冒。<human>:") == ok | {"logic": 0.7, "readability": 0.0}
+    assert abilities("考虑是感冒。<pad>多喝水。") == ok | {"readability": 0.4}
+    assert abilities("好。") == ok | {"readability": 0.5}
+    assert abilities("".join(chr(0x4E00 + i) for i in range(310)) + "。") == ok | {"readability": 0.5}
+    assert abilities("布洛芬禁用。首选布洛芬，多喝水。", "布洛芬") == ok | {"logic": 0.5}
+    assert abilities("首选布洛芬，多喝水。", "布洛芬") == ok
+    # 18 4-grams, 13 distinct (share 5/18), "甲乙丙丁" 3 times: 1 - (0.4 + 5/18)
+    assert abilities("甲乙丙丁" * 3 + "戊己庚辛壬癸子丑。") == ok | {"coherence": 1 - (0.4 + 5 / 18)}
+    # exactly 8 4-grams, 5 distinct (share 3/8 > 0.25): 1 - (0.4 + 3/8)
+    assert abilities("甲乙丙丁甲乙丙丁甲乙。") == ok | {"coherence": 1 - (0.4 + 3 / 8)}
