@@ -254,3 +254,44 @@ def test_fluency_deductions_by_flaw():
     assert abilities("甲乙丙丁" * 3 + "戊己庚辛壬癸子丑。") == ok | {"coherence": 1 - (0.4 + 5 / 18)}
     # exactly 8 4-grams, 5 distinct (share 3/8 > 0.25): 1 - (0.4 + 3/8)
     assert abilities("甲乙丙丁甲乙丙丁甲乙。") == ok | {"coherence": 1 - (0.4 + 3 / 8)}
+
+
+# --------------------------------------------------------------------------- validation
+
+def _cmt(**kw):
+    rec = {"id": 1, "cate1": "内科", "cate2": "呼吸", "instruction": "现在还咳嗽", "input": "", "output": "多喝水",
+           "history": [["咳嗽", "多久了？"]]}
+    return {k: v for k, v in (rec | kw).items() if v is not None}
+
+
+def test_cmtmedqa_without_cate1_loads(tmp_path):
+    """cate1 is optional, as cate2 is (mutant: required=False -> True on cate1)."""
+    import json
+
+    from zj_utils.data import load_cmtmedqa, validate
+
+    path = tmp_path / "cmt.json"
+    path.write_text(json.dumps([_cmt(cate1=None)], ensure_ascii=False), encoding="utf-8")
+    assert validate(path, "cmtmedqa") == []
+    assert load_cmtmedqa(path)[0]["meta"]["cate1"] == ""
+
+
+def test_check_does_not_count_a_record_it_reported(tmp_path):
+    """`zj validate`'s record count leaves out a record with a malformed history pair or message (mutants:
+    `ok = False` -> `ok = True`, which reported the problem but kept the record with the bad part dropped)."""
+    import json
+
+    from zj_utils.data import check
+
+    cmt = tmp_path / "cmt.json"
+    cmt.write_text(json.dumps([_cmt(history=[["咳嗽", "多久了？"], ["发热"]]), _cmt(id=2),
+                               _cmt(id=3, history=[["咳嗽", 7]])], ensure_ascii=False), encoding="utf-8")
+    got = check(cmt, "cmtmedqa")
+    assert (got["records"], len(got["problems"])) == (1, 2), got
+    chat = tmp_path / "chat.jsonl"
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "头痛"}, {"role": "doctor", "content": "多久"}]},
+            {"id": "b", "messages": [{"role": "user", "content": "头痛"}, {"role": "assistant", "content": 5}]},
+            {"id": "c", "messages": [{"role": "user", "content": "头痛"}, {"role": "assistant", "content": "多久"}]}]
+    chat.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    got = check(chat, "messages_jsonl")
+    assert (got["records"], len(got["problems"])) == (1, 2), got
