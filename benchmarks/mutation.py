@@ -84,7 +84,7 @@ MODULES: dict[str, dict] = {
     "data_pairs": {
         "file": "zj_utils/data.py",
         "functions": ["ranks_to_pairs", "ranked_texts_to_ranks", "to_preference_records"],
-        "tests": ["tests/test_data.py", "tests/test_properties.py"],
+        "tests": ["tests/test_data.py", "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         "k": "rank or pair or preference",
     },
     "data_validate": {
@@ -92,7 +92,7 @@ MODULES: dict[str, dict] = {
         "functions": ["_field", "_text", "_history", "_text_list", "_rec_cmtmedqa", "_rec_messages", "check",
                       "validate"],
         "tests": ["tests/test_data.py", "tests/test_data_values.py", "tests/test_validate_cli.py",
-                  "tests/test_properties.py"],
+                  "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         # not the chunked JSON-array reader, the datasets cache or the cleaning properties (no validation there)
         "k": "not streaming_reader and not to_dataset and not cleaning",
     },
