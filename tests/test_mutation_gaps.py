@@ -254,6 +254,10 @@ def test_fluency_deductions_by_flaw():
     assert abilities("甲乙丙丁" * 3 + "戊己庚辛壬癸子丑。") == ok | {"coherence": 1 - (0.4 + 5 / 18)}
     # exactly 8 4-grams, 5 distinct (share 3/8 > 0.25): 1 - (0.4 + 3/8)
     assert abilities("甲乙丙丁甲乙丙丁甲乙。") == ok | {"coherence": 1 - (0.4 + 3 / 8)}
+    # one 4-gram 3 times among otherwise distinct text: a small share (2/30) but flagged by the count of 3
+    fill = [chr(0x4E00 + i) for i in range(20)]
+    text = "甲乙丙丁" + "".join(fill[:10]) + "甲乙丙丁" + "".join(fill[10:]) + "甲乙丙丁。"
+    assert abilities(text) == ok | {"coherence": 1 - (0.4 + 2 / 30)}
 
 
 # --------------------------------------------------------------------------- validation
