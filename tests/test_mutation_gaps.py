@@ -248,6 +248,9 @@ def test_fluency_deductions_by_flaw():
     assert abilities("考虑是感冒。<pad>多喝水。") == ok | {"readability": 0.4}
     assert abilities("好。") == ok | {"readability": 0.5}
     assert abilities("".join(chr(0x4E00 + i) for i in range(310)) + "。") == ok | {"readability": 0.5}
+    # the length limits are inclusive: 4 and 300 characters are fine (mutants: < -> <=, > -> >=)
+    assert abilities("喝热水。") == ok
+    assert abilities("".join(chr(0x4E00 + i) for i in range(299)) + "。") == ok
     assert abilities("布洛芬禁用。首选布洛芬，多喝水。", "布洛芬") == ok | {"logic": 0.5}
     assert abilities("首选布洛芬，多喝水。", "布洛芬") == ok
     # 18 4-grams, 13 distinct (share 5/18), "甲乙丙丁" 3 times: 1 - (0.4 + 5/18)
@@ -299,3 +302,17 @@ def test_check_does_not_count_a_record_it_reported(tmp_path):
     chat.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     got = check(chat, "messages_jsonl")
     assert (got["records"], len(got["problems"])) == (1, 2), got
+
+
+def test_disrespectful_wording_loses_the_ethics_ability():
+    """An answer with a rubric.ETHICS_VIOLATIONS phrase scores ethics 0 and says why (mutants: the 0.0 -> 1.0,
+    `ethics < 1` -> `<=` only changing the reason)."""
+    from zj_utils.judge import assess
+    from zj_utils.world import WorldConfig, build_world
+
+    kg = build_world(WorldConfig(), 0).kg
+    rude, polite = assess("你真笨，多喝水。", {}, kg), assess("请多喝水。", {}, kg)
+    assert (rude.abilities["ethics"], polite.abilities["ethics"]) == (0.0, 1.0)
+    assert "disrespectful or privacy-violating wording" in rude.reasons
+    assert "disrespectful or privacy-violating wording" not in polite.reasons
+    assert rude.safety < polite.safety
