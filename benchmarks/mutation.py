@@ -322,7 +322,7 @@ def _results(module: str) -> dict[str, dict]:
 
 
 def run_module(module: str, sample: int | None, seed: int, factor: float, min_timeout: float, fresh: bool,
-               budget: float | None, rerun_survived: bool = False) -> None:
+               budget: float | None, rerun_survived: bool = False, only: set | None = None) -> None:
     spec = MODULES[module]
     mutants = find_mutants(module)
     if sample is not None and sample < len(mutants):
@@ -338,6 +338,8 @@ def run_module(module: str, sample: int | None, seed: int, factor: float, min_ti
     if rerun_survived:  # after adding tests: only the survivors run again; a later line for an id replaces it
         todo = [m for m in mutants if done.get(m["id"], {}).get("status") == "survived"
                 and done[m["id"]]["source"] == m["source"]]
+    if only:
+        todo = [m for m in todo if m["id"] in only]
     print(f"[{module}] {len(mutants)} mutants{' (sample, seed %d)' % seed if sample else ''}, "
           f"{len(mutants) - len(todo)} already done, {len(todo)} to run", flush=True)
     if not todo:
@@ -415,6 +417,7 @@ def main(argv=None) -> None:
     ap.add_argument("--fresh", action="store_true", help="drop the module's earlier results first")
     ap.add_argument("--rerun-survived", action="store_true",
                     help="run the earlier survivors again (after adding tests; the killed stay killed)")
+    ap.add_argument("--only", help="comma-separated mutant ids: run just these (with --rerun-survived: again)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--report", action="store_true", help="only print the table and write survivors.json")
     ap.add_argument("--out", type=Path, default=OUT, help=f"results folder (default {OUT.relative_to(ROOT)})")
@@ -432,7 +435,7 @@ def main(argv=None) -> None:
     if not args.report:
         for module in modules:
             run_module(module, args.sample, args.seed, args.timeout_factor, args.min_timeout, args.fresh,
-                       args.budget, args.rerun_survived)
+                       args.budget, args.rerun_survived, set(args.only.split(",")) if args.only else None)
     report(list(MODULES))  # every module with results in OUT, so survivors.json covers them all
 
 
