@@ -16,6 +16,7 @@ config.json, log.jsonl, metrics.json, adapter/ and merged/.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,6 +321,15 @@ def comparison_figure(rows: dict):
     return fig
 
 
+def seed_stats(vals: list) -> dict | None:
+    """Mean (4 decimals), lowest, highest and every value of one measure over seeds; a missing or NaN value
+    (unknown) is left out rather than averaged in, and a measure with none is None."""
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None
+    return {"mean": round(sum(vals) / len(vals), 4), "min": min(vals), "max": max(vals), "per_seed": vals}
+
+
 SUMMARY_KEYS = (("rm_score", "RM score", ".3f"), ("kl_to_sft", "KL to SFT (per token)", ".4f"),
                 ("unsafe_rate", "unsafe rate", ".3f"), ("win_pct_vs_sft", "win % vs SFT", ".1f"),
                 ("loss_pct_vs_sft", "loss % vs SFT", ".1f"), ("train_seconds", "training s", ".1f"))
@@ -329,8 +339,6 @@ def summarize_alignment(run_dirs: list, out: str | Path, fig_dir: str | Path | N
     """PPO, DPO, GRPO and RLOO over several seeds: each run folder (one seed) must hold align_compare/metrics.json.
     Per method and measure: the mean over seeds, the lowest and highest seed, and every seed's value. Writes
     OUT/{metrics.json, table.md, alignment_over_seeds.png}."""
-    import math
-
     from .common import read_json, require, write_json
 
     out = Path(out)
@@ -341,10 +349,7 @@ def summarize_alignment(run_dirs: list, out: str | Path, fig_dir: str | Path | N
     for n in names:
         summary["models"][n] = {}
         for key, _, _ in SUMMARY_KEYS:
-            vals = [rows[n].get(key) for rows in per_run]
-            vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-            summary["models"][n][key] = ({"mean": round(sum(vals) / len(vals), 4), "min": min(vals), "max": max(vals),
-                                          "per_seed": vals} if vals else None)
+            summary["models"][n][key] = seed_stats([rows[n].get(key) for rows in per_run])
     lines = [f"Mean over {len(run_dirs)} seeds [lowest, highest seed].", "",
              "| model | " + " | ".join(label for _, label, _ in SUMMARY_KEYS) + " |",
              "|---|" + "---:|" * len(SUMMARY_KEYS)]

@@ -15,10 +15,10 @@ killed sweep continues where it stopped, and two processes can share a sweep if 
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
+from .align import seed_stats
 from .common import ZJError, link_dir, read_json, require, stage_done, write_json
 
 METHODS = ("ppo", "dpo", "grpo", "rloo")
@@ -82,13 +82,6 @@ def sweep_alignment(preset_name: str, runs: list, lrs: list, out: str | Path, me
     return summarize_sweep(out, fig_dir)
 
 
-def _stats(vals: list) -> dict | None:
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None
-    return {"mean": round(sum(vals) / len(vals), 4), "min": min(vals), "max": max(vals), "per_seed": vals}
-
-
 def collect(out: str | Path) -> dict:
     """{method: {lr: {seed: row}}} from every finished cell's align_compare/metrics.json, with win - loss and the
     RM gain over the same seed's SFT model added (each seed has its own reward model, whose scale differs);
@@ -118,7 +111,7 @@ def pick_learning_rates(rows: dict, select_by: str = SELECT_BY) -> dict:
         seeds = set().union(*(set(s) for s in by_lr.values()))
         full = {lr: s for lr, s in by_lr.items() if set(s) == seeds}
         if full:
-            picks[name] = max(full, key=lambda lr: (_stats([r.get(select_by) for r in full[lr].values()])["mean"], -lr))
+            picks[name] = max(full, key=lambda lr: (seed_stats([r.get(select_by) for r in full[lr].values()])["mean"], -lr))
     return picks
 
 
@@ -126,7 +119,7 @@ def summarize_sweep(out: str | Path, fig_dir: str | Path | None = None) -> dict:
     out = Path(out)
     rows = collect(out)
     picks = pick_learning_rates(rows)
-    grid = {name: {("sft" if lr is None else f"{lr:g}"): {k: _stats([r.get(k) for r in by_seed.values()])
+    grid = {name: {("sft" if lr is None else f"{lr:g}"): {k: seed_stats([r.get(k) for r in by_seed.values()])
                                                          for k, _, _ in MEASURES} | {"seeds": sorted(by_seed)}
                    for lr, by_seed in by_lr.items()} for name, by_lr in rows.items()}
     summary = {"select_by": SELECT_BY, "picked_lr": picks, "grid": grid,
