@@ -79,7 +79,8 @@ MODULES: dict[str, dict] = {
         "file": "zj_utils/judge.py",
         "functions": ["Verdict.key", "recommends", "refers_to_emergency", "_states_content", "_fluency", "assess",
                       "compare", "rank_answers"],
-        "tests": ["tests/test_judge.py", "tests/test_judge_adversarial.py", "tests/test_mutation_gaps.py"],
+        "tests": ["tests/test_judge.py", "tests/test_judge_adversarial.py", "tests/test_judge_abilities.py",
+                  "tests/test_mutation_gaps.py"],
     },
     "data_pairs": {
         "file": "zj_utils/data.py",

@@ -124,7 +124,6 @@ def test_openai_judge_retries_caches_resumes_and_keeps_the_key_secret(tmp_path, 
               ("content", "这两个回答都还可以吧。")]
     answers_a = [f"回答{i}：SAFE 请立即就医。" for i in range(3)]
     answers_b = [f"回答{i}：多喝水。" for i in range(3)]
-    t0 = time.perf_counter()
     with FakeAPI(script) as api:
         j = _judge(api.url, cache)
         assert SECRET not in repr(j) and SECRET not in str(vars(j))
@@ -160,7 +159,6 @@ def test_openai_judge_retries_caches_resumes_and_keeps_the_key_secret(tmp_path, 
         j3.judge({"id": "t9", "messages": [{"role": "user", "content": "头痛"}]}, "SAFE", "嗯")
         assert j3.stats["http_requests"] == 2
         assert len(_judge(api.url, cache)._cache) == 8
-    assert time.perf_counter() - t0 < 10
     recs = [json.loads(x) for x in cache.read_text(encoding="utf-8").splitlines() if x.startswith('{"key": "') and
             x.endswith("}")]
     assert all(set(r) == {"key", "model", "raw", "time"} and len(r["key"]) == 64 for r in recs if r["key"] != "abc")

@@ -229,6 +229,48 @@ def test_probe_accuracy_rounds_to_four_decimals(monkeypatch):
                                                       "split/train": 0.3333, "n": 3}
 
 
+class _MergingTokenizer:
+    """Greedy longest match over a small vocabulary holding the merge ":a", as a BPE can merge the prompt's last
+    character with the choice's first. Only what choice_logprobs calls."""
+
+    vocab = {"q": 0, ":": 1, "a": 2, "b": 3, ":a": 4, "<pad>": 5}
+    pad_token_id = 5
+
+    def __call__(self, text, add_special_tokens=False):
+        ids, i = [], 0
+        while i < len(text):
+            piece = text[i:i + 2] if text[i:i + 2] in self.vocab else text[i]
+            ids.append(self.vocab[piece])
+            i += len(piece)
+        return {"input_ids": ids}
+
+
+def test_choice_logprobs_scores_a_choice_alone_when_the_tokeniser_merges_across_the_prompt():
+    """"q:" + "a" tokenises as [q, ":a"], so the prompt's tokens [q, ":"] are not a prefix: the choice is scored as
+    its own tokens [a] after the prompt (mutant: the prefix test `==` -> `!=` takes whole[2:], i.e. nothing, and
+    scores 0). "b" does not merge: [q, :, b], scored as [b] either way."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from zj_utils.inference import choice_logprobs
+
+    class AfterColon(torch.nn.Module):  # logits after ":" favour "a" by 2; every other position is uniform
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids=None, attention_mask=None, **kw):
+            logits = torch.zeros(*input_ids.shape, 6) + 0 * self.w
+            logits[..., 2] += 2.0 * (input_ids == 1)
+            return SimpleNamespace(logits=logits)
+
+    got = choice_logprobs(AfterColon(), _MergingTokenizer(), "q:", ["a", "b"])
+    z = math.log(math.exp(2) + 5)
+    assert got == pytest.approx([2 - z, -z], abs=1e-6)
+
+
 # --------------------------------------------------------------------------- the rule annotator
 
 def test_fluency_deductions_by_flaw():
