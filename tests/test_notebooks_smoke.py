@@ -25,6 +25,14 @@ def test_every_notebook_runs_and_every_stage_writes_config_and_metrics(smoke_run
         errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
                   if o.get("output_type") == "error"]
         assert not errors, f"{nb}: {errors[:1]}"
+        for i, c in enumerate(executed.cells):
+            if c.cell_type != "code":
+                continue
+            images = [o["data"]["image/png"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+            # a cell ending in a call that returns the figure showed it twice (the value and the inline backend)
+            assert len(images) == len(set(images)), f"{nb} cell {i}: the same figure is shown twice"
+            text = "".join(o.get("text", "") for o in c.get("outputs", []) if o.get("output_type") == "stream")
+            assert "gemm_4bit_forward" not in text, f"{nb} cell {i}: bitsandbytes' kernels-hub warning is shown"
     for stage in STAGES:
         assert json.loads((out / stage / "config.json").read_text())["seed"] == 0, stage
         assert (out / stage / "metrics.json").exists(), stage
@@ -57,3 +65,17 @@ def test_committed_notebooks_have_parameters_and_no_outputs():
         for name in ("preset", "out_dir", "seed"):
             assert f"{name} =" in params[0].source, (nb, name)
         assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), nb
+
+
+def test_bitsandbytes_kernels_hub_notice_is_dropped_and_nothing_else():
+    import logging
+
+    import zj_utils  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+
+    def record(msg):
+        return logging.LogRecord(log.name, logging.WARNING, __file__, 1, msg, ("No module named 'kernels'",), None)
+
+    assert not log.filter(record("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ..."))
+    assert log.filter(record("Something else went wrong: %s"))

@@ -25,11 +25,12 @@ def read_log(path: str | Path, key: str) -> tuple[list[int], list[float]]:
     return steps, vals
 
 
-def save(fig, fig_dir: str | Path | None, name: str):
+def save(fig, fig_dir: str | Path | None, name: str) -> None:
+    """Write FIG_DIR/NAME.png when FIG_DIR is set. Returns nothing: a notebook cell ending in save() would
+    otherwise show the figure twice (once as the cell's value, once by the inline backend)."""
     if fig_dir:
         Path(fig_dir).mkdir(parents=True, exist_ok=True)
         fig.savefig(Path(fig_dir) / f"{name}.png", dpi=120, bbox_inches="tight")
-    return fig
 
 
 def curves(panels: list[tuple[str | Path, str, str]], title: str = ""):
