@@ -7,6 +7,7 @@
     zj reproduce --preset tiny            # every notebook, headless, with papermill
     zj reproduce --preset tiny --ablations --seeds 3   # the paper's ablations over seeds, with intervals
     zj presets                            # what the presets are
+    zj render-notebooks runs/tiny-seed0 --to docs/notebooks   # executed notebooks -> HTML pages
     zj estimate --preset qwen2.5-0.5b --stage ppo [--gradient-checkpointing]   # predicted peak memory by part
     zj judge A.jsonl B.jsonl --tests TESTS.jsonl [--judge rule|openai|local] [--world OUT/world] [--model NAME]
              [--concurrency N] [--dry-run] [--max-items N]
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="with --ablations: how many seeds (0..N-1; default 3)")
     p.add_argument("--figures", default="figures", help="where figures go (default figures/)")
     sub.add_parser("presets", help="list the presets")
+    p = sub.add_parser("render-notebooks", help="a run's executed notebooks -> HTML pages (docs/notebooks/)",
+                       description="Render RUN/notebooks/*.ipynb, as `zj reproduce` executed them, to DEST/*.html "
+                                   "with the figures embedded, and DEST/README.md listing them.")
+    p.add_argument("run", help="run folder, e.g. runs/tiny-seed0")
+    p.add_argument("--to", default="docs/notebooks", help="destination folder (default docs/notebooks)")
     p = sub.add_parser("estimate", help="predicted peak memory of a stage, by part, and whether it fits 24/40/80 GB",
                        description="Count the memory a stage needs (nf4 weights, LoRA, gradients, AdamW, "
                                    "activations, PPO's KV cache and reward model) for a preset; see docs/SCALING.md.")
@@ -231,6 +237,12 @@ def _dispatch(args) -> int:
 
         est = estimate(get_preset(args.preset, args.overrides), args.stage, args.device, args.gradient_checkpointing)
         print(json.dumps(est.as_dict(), indent=2) if args.json else format_table(est), end="" if not args.json else "\n")
+        return 0
+    if args.command == "render-notebooks":
+        from .notebook_html import render_notebooks
+
+        for page in render_notebooks(args.run, args.to):
+            print(f"wrote {page}")
         return 0
     if args.command == "presets":
         for name, spec in PRESETS.items():

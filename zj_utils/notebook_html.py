@@ -1,0 +1,56 @@
+"""Executed notebooks -> static HTML pages a reader opens in a browser (docs/notebooks/), so every result of the
+tiny run can be seen without running anything. The source notebooks stay without outputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from .common import ZJError
+
+
+def _commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def render_notebooks(run_dir, dest, commit: str | None = None) -> list[Path]:
+    """Render RUN/notebooks/*.ipynb (as `zj reproduce` executed them) to DEST/<name>.html, images embedded, and
+    write DEST/README.md: one line per page with the run's preset, seed and headline numbers' source. Returns
+    the pages written. A notebook that stopped on an error is refused: a page must show a finished run."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    books = sorted((run_dir / "notebooks").glob("*.ipynb"))
+    if not books:
+        raise ZJError(f"no executed notebooks in {run_dir / 'notebooks'}: run `zj reproduce` (with notebooks) first")
+    exporter = HTMLExporter(template_name="lab")
+    exporter.embed_images = True
+    dest.mkdir(parents=True, exist_ok=True)
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8")) if (
+        run_dir / "config.json").exists() else {}
+    preset = (config.get("preset") or {}).get("name", "?")
+    read = {path: nbformat.read(path, as_version=4) for path in books}
+    for path, book in read.items():  # all checked before any page is written
+        for i, cell in enumerate(book.cells):
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if errors:
+                raise ZJError(f"{path}: cell {i} stopped with {errors[0].get('ename')}: "
+                              f"{errors[0].get('evalue')}; fix the run before publishing it")
+    pages = []
+    for path, book in read.items():
+        html, _ = exporter.from_notebook_node(book, resources={"metadata": {"name": path.stem}})
+        page = dest / f"{path.stem}.html"
+        page.write_text(html, encoding="utf-8")
+        pages.append(page)
+    lines = [f"# Executed notebooks of `{run_dir.name}`", "",
+             f"Rendered from `{run_dir}` (preset `{preset}`, seed {config.get('seed', '?')}) at commit "
+             f"`{commit or _commit(Path(__file__).resolve().parents[1])}` by `zj render-notebooks`. "
+             "Open a page in a browser; the sources in `notebooks/` are stored without outputs.", ""]
+    lines += [f"- [{p.stem}]({p.name})" for p in pages]
+    (dest / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return pages
