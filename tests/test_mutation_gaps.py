@@ -229,26 +229,34 @@ def test_probe_accuracy_rounds_to_four_decimals(monkeypatch):
                                                       "split/train": 0.3333, "n": 3}
 
 
-class _MergingTokenizer:
-    """Greedy longest match over a small vocabulary holding the merge ":a", as a BPE can merge the prompt's last
-    character with the choice's first. Only what choice_logprobs calls."""
+class _SentencePieceLikeTokenizer:
+    """What choice_logprobs must cope with in a hub tokenizer, in miniature: greedy longest match over a small
+    vocabulary with the merge ":a" (a BPE merging the prompt's last character with the choice's first), a dummy
+    word-start prefix on the first character of a text (SentencePiece's "▁"), and BOS when special tokens are
+    asked for (LLaMA's tokenizer)."""
 
-    vocab = {"q": 0, ":": 1, "a": 2, "b": 3, ":a": 4, "<pad>": 5}
-    pad_token_id = 5
+    vocab = {"<s>": 0, "<pad>": 1, "q": 2, ":": 3, "a": 4, "b": 5, ":a": 6, "▁q": 7, "▁a": 8, "▁b": 9}
+    pad_token_id = 1
 
-    def __call__(self, text, add_special_tokens=False):
-        ids, i = [], 0
+    def __call__(self, text, add_special_tokens=True):
+        ids, i = ([0] if add_special_tokens else []), 0
         while i < len(text):
             piece = text[i:i + 2] if text[i:i + 2] in self.vocab else text[i]
-            ids.append(self.vocab[piece])
+            if i == 0 and "▁" + piece in self.vocab:
+                piece_id = self.vocab["▁" + piece]
+            else:
+                piece_id = self.vocab[piece]
+            ids.append(piece_id)
             i += len(piece)
         return {"input_ids": ids}
 
 
-def test_choice_logprobs_scores_a_choice_alone_when_the_tokeniser_merges_across_the_prompt():
-    """"q:" + "a" tokenises as [q, ":a"], so the prompt's tokens [q, ":"] are not a prefix: the choice is scored as
-    its own tokens [a] after the prompt (mutant: the prefix test `==` -> `!=` takes whole[2:], i.e. nothing, and
-    scores 0). "b" does not merge: [q, :, b], scored as [b] either way."""
+def test_choice_logprobs_with_a_tokeniser_that_merges_prefixes_and_adds_bos():
+    """"q:" is [▁q, :]. "q:b" is [▁q, :, b]: the prompt is a prefix, so "b" is scored as the token it is in
+    context, b (not ▁b, as it tokenises alone). "q:a" is [▁q, :a]: no prefix, so "a" is scored as its own tokens
+    [▁a] after the prompt. The model puts logit 2 on "a" and 1 on "b" after ":" at position 1, 0 elsewhere.
+    Mutants killed: the prefix test `==` -> `!=` (scores nothing for "a"); add_special_tokens True for the prompt
+    (":" moves to position 2), for prompt+choice ("b" falls back to ▁b) or for the fallback (BOS is scored)."""
     import math
     from types import SimpleNamespace
 
@@ -256,19 +264,21 @@ def test_choice_logprobs_scores_a_choice_alone_when_the_tokeniser_merges_across_
 
     from zj_utils.inference import choice_logprobs
 
-    class AfterColon(torch.nn.Module):  # logits after ":" favour "a" by 2; every other position is uniform
+    class AfterColonAtOne(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
         def forward(self, input_ids=None, attention_mask=None, **kw):
-            logits = torch.zeros(*input_ids.shape, 6) + 0 * self.w
-            logits[..., 2] += 2.0 * (input_ids == 1)
+            logits = torch.zeros(*input_ids.shape, 10) + 0 * self.w
+            colon = (input_ids[:, 1] == 3).float()
+            logits[:, 1, 4] += 2.0 * colon
+            logits[:, 1, 5] += 1.0 * colon
             return SimpleNamespace(logits=logits)
 
-    got = choice_logprobs(AfterColon(), _MergingTokenizer(), "q:", ["a", "b"])
-    z = math.log(math.exp(2) + 5)
-    assert got == pytest.approx([2 - z, -z], abs=1e-6)
+    got = choice_logprobs(AfterColonAtOne(), _SentencePieceLikeTokenizer(), "q:", ["a", "b"])
+    z = math.log(math.exp(2) + math.exp(1) + 8)
+    assert got == pytest.approx([0 - z, 1 - z], abs=1e-6)
 
 
 # --------------------------------------------------------------------------- the rule annotator
