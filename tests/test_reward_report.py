@@ -4,7 +4,8 @@ early stopping's bookkeeping."""
 import numpy as np
 import pytest
 
-from zj_utils.reward import split_by_prompt
+from zj_utils.common import ZJError
+from zj_utils.reward import split_by_prompt, subsample_prompts
 from zj_utils.reward_report import accuracy_report, clustered_accuracy, comparisons
 from zj_utils.world import WorldConfig, build_world
 
@@ -117,3 +118,17 @@ def test_best_on_dev_keeps_the_best_weights_and_stops(tmp_path):
     assert [h["step"] for h in BestOnDevCallback(tmp_path / "best.safetensors", 2, resume_step=3).history] == [1, 2, 3]
     assert BestOnDevCallback(tmp_path / "best.safetensors", 2, resume_step=3).bad == 1
     assert BestOnDevCallback(tmp_path / "best.safetensors", patience=2).best is None  # a fresh run forgets it
+
+
+def test_subsample_prompts_keeps_whole_prompts_a_seeded_share_of_them():
+    pairs = [{"prompt_id": f"p{i}", "k": k} for i in range(20) for k in range(3)]  # 20 prompts x 3 pairs
+    half = subsample_prompts(pairs, 0.5, seed=1)
+    kept = {p["prompt_id"] for p in half}
+    assert len(kept) == 10 and len(half) == 30  # every kept prompt with all three of its pairs
+    assert half == [p for p in pairs if p["prompt_id"] in kept]  # in the original order
+    assert half == subsample_prompts(pairs, 0.5, seed=1) and kept != {p["prompt_id"] for p in
+                                                                      subsample_prompts(pairs, 0.5, seed=2)}
+    assert len({p["prompt_id"] for p in subsample_prompts(pairs, 0.01, seed=1)}) == 1  # never none
+    assert subsample_prompts(pairs, 1.0, seed=1) is pairs
+    with pytest.raises(ZJError, match="train_fraction"):
+        subsample_prompts(pairs, 0.0, seed=1)

@@ -96,6 +96,9 @@ class RMStageConfig:
     max_prompts: int = -1
     dev_fraction: float = 0.15  # prompts held out to pick the stopping point (early stopping on dev accuracy)
     test_fraction: float = 0.15  # prompts held out to report accuracy on, never used to choose anything
+    # share of the training prompts kept (whole prompts, seeded; dev and test unchanged): learning curves
+    # against the amount of ranked data (benchmarks/rm_learning_curve.py); 1.0 = all
+    train_fraction: float = 1.0
     evals_per_epoch: int = 2  # dev evaluations per epoch
     patience: int = 3  # stop after this many dev evaluations without a new best; the best weights are kept
     init_from: str = "pretrain"  # the stage whose merged model the reward model starts from: pretrain (paper) or sft

@@ -86,6 +86,19 @@ def split_by_prompt(rankings: list[dict], dev_fraction: float, seed: int, test_f
     return dev, {r["id"] for r in rankings if first_id[key(r)] in test_groups}
 
 
+def subsample_prompts(pairs: list[dict], fraction: float, seed: int) -> list[dict]:
+    """The pairs of a seeded `fraction` of their prompts (whole prompts: a prompt keeps all its pairs or none),
+    in their order. fraction >= 1 keeps everything; at least one prompt is kept."""
+    if fraction >= 1:
+        return pairs
+    if fraction <= 0:
+        raise ZJError(f"rm.train_fraction must be in (0, 1], got {fraction}")
+    ids = sorted({p["prompt_id"] for p in pairs})
+    random.Random(seed).shuffle(ids)
+    keep = set(ids[:max(1, int(round(len(ids) * fraction)))])
+    return [p for p in pairs if p["prompt_id"] in keep]
+
+
 def human_rankings(path: str | Path) -> list[dict]:
     """Rankings from the ranking tool's TSV (rank1 = best) or the ranking widget's JSONL (which keeps ties the
     TSV cannot express), in the same shape as the annotator's."""
@@ -226,7 +239,8 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     # Three splits by prompt: train, dev (picks the stopping point) and test (reported, never used to choose).
     dev_ids, test_ids = split_by_prompt(rankings, cfg.dev_fraction, seed, cfg.test_fraction)
     pairs = rankings_to_pairs(rankings)
-    train_pairs = [p for p in pairs if p["prompt_id"] not in dev_ids | test_ids]
+    train_pairs = subsample_prompts([p for p in pairs if p["prompt_id"] not in dev_ids | test_ids],
+                                    cfg.train_fraction, seed)
     dev_pairs = [p for p in pairs if p["prompt_id"] in dev_ids]
     test_pairs = [p for p in pairs if p["prompt_id"] in test_ids]
     ties = sum(len(r["ranks"]) - len(set(r["ranks"])) for r in rankings)
@@ -273,6 +287,7 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
         "rankings": len(rankings), "answers_per_prompt": cfg.n_samples,
         "tied_answers": ties, "rankings_all_tied": all_tied, "pairs": len(pairs),
         "pair_report": pair_report(rankings, len(pairs)),
+        "train_prompts": len({p["prompt_id"] for p in train_pairs}),
         "train_pairs": len(train_pairs), "dev_pairs": len(dev_pairs), "test_pairs": len(test_pairs),
         "dropped_too_long": len(too_long), "steps": result.global_step, "train_loss": mean_train_loss(trainer),
         "trainable_params": count_params(rm)["trainable"],
