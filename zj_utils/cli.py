@@ -220,7 +220,7 @@ def _oom_message(args, err: Exception) -> str:
 
 
 def _dispatch(args) -> int:
-    # data commands first: they need no torch (presets import it)
+    # data commands first: they need no preset (and no torch, which the stages import)
     if args.command == "validate":
         return _validate(args.path, args.format)
     if args.command == "data":
