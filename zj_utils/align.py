@@ -149,9 +149,10 @@ def answer_logprobs(model, tokenizer, conversations: list[list[dict]], answers: 
     """Per-token log-probs of each answer (its tokens + EOS) after its chat prompt: a list of 1-D tensors."""
     import torch
 
-    from .ppo import _pad_id, compute_logprobs, render_prompts
+    from .common import pad_id
+    from .ppo import compute_logprobs, render_prompts
 
-    pad, dev = _pad_id(tokenizer), next(model.parameters()).device
+    pad, dev = pad_id(tokenizer), next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(answers), batch_size):

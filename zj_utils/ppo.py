@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .common import pad_id
 from .config import PPOConfig
 
 
@@ -223,10 +224,6 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 @dataclass
 class Rollout:
     query_ids: torch.Tensor      # [B, P] left-padded prompts
@@ -255,7 +252,7 @@ def render_prompts(tokenizer, prompts: list) -> list[str]:
 def generate_rollouts(policy, tokenizer, prompts: list, cfg: PPOConfig) -> Rollout:
     """Sample one response per prompt (chat message lists) with the current policy."""
     texts = render_prompts(tokenizer, prompts)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     # the template already holds BOS where the model wants it
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     P = max(map(len, ids))
