@@ -218,7 +218,7 @@ def test_zj_rm_trains_on_widget_rankings_mixed_with_tool_and_rule_rankings(tool_
     LLaMAs): the widget's JSONL and its TSV export join the rule annotator's rankings in one reward model."""
     from zj_utils.cli import main
     from zj_utils.data import load_jsonl
-    from zj_utils.pipeline import run_world
+    from zj_utils.stages import run_world
     from zj_utils.presets import get_preset
 
     out = tmp_path / "run"
