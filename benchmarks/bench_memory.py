@@ -83,7 +83,7 @@ def make_checkpoint(name: str, path: str) -> None:
 
 def _qlora(path: str, lora, gradient_checkpointing: bool):
     from zj_utils.common import load_model
-    from zj_utils.presets import ModelConfig, QuantConfig
+    from zj_utils.config import ModelConfig, QuantConfig
     from zj_utils.training import prepare_qlora
 
     model = prepare_qlora(load_model(path, ModelConfig(dtype="float32"), QuantConfig()), lora)

@@ -64,8 +64,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from zj_utils.config import LoraSpec  # noqa: E402
 from zj_utils.estimate import CUDA_CONTEXT_BYTES, GIB, KNOWN_SHAPES, ModelShape, estimate  # noqa: E402
-from zj_utils.presets import LoraSpec, get_preset  # noqa: E402
+from zj_utils.presets import get_preset  # noqa: E402
 
 SHAPES = {
     "7b": ModelShape("llama-7b", 32000, 4096, 11008, 32, 32, 32),

@@ -26,7 +26,7 @@ def _finite(d: dict):
 
 
 def test_preset_has_align_config():
-    from zj_utils.align import AlignConfig
+    from zj_utils.config import AlignConfig
     from zj_utils.presets import get_preset
 
     p = get_preset("smoke", ["align.beta=0.1"])

@@ -139,7 +139,7 @@ def jupyterlab(tmp_path, data_dir):
 def test_rank_and_chat_in_jupyterlab(jupyterlab, tmp_path, data_dir):
     from playwright.sync_api import expect, sync_playwright
 
-    from zj_utils.widgets import load_candidates, read_saved_rankings
+    from zj_utils.ranking_store import load_candidates, read_saved_rankings
 
     base, token, root, reply = jupyterlab
     candidates = load_candidates(data_dir / "rlhf_label_tool" / "input_file.json")

@@ -9,9 +9,10 @@ import torch
 
 from zj_utils.cli import main
 from zj_utils.common import ZJError
+from zj_utils.config import LoraSpec
 from zj_utils.estimate import (GIB, Bytes, ModelShape, act_bytes, estimate, layer_activation_bytes, lora_params,
                                lora_targets, model_shape, nf4_bytes, shape_from_config)
-from zj_utils.presets import LoraSpec, get_preset
+from zj_utils.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ModelShape("small", vocab_size=100, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2,
@@ -57,7 +58,7 @@ def test_layer_activations_equal_what_autograd_saves(dropout, targets):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from zj_utils.common import load_model
-    from zj_utils.presets import ModelConfig, QuantConfig
+    from zj_utils.config import ModelConfig, QuantConfig
     from zj_utils.training import prepare_qlora
 
     shape = ModelShape("t", 300, 128, 320, 3, 4, 4)

@@ -262,7 +262,7 @@ def test_merged_model_equals_the_adapter_model(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from zj_utils.common import merge_adapter
-    from zj_utils.presets import ModelConfig
+    from zj_utils.config import ModelConfig
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

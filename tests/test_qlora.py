@@ -4,7 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from zj_utils.common import load_model
-from zj_utils.presets import LoraSpec, ModelConfig, QuantConfig
+from zj_utils.config import LoraSpec, ModelConfig, QuantConfig
 from zj_utils.training import prepare_qlora
 
 

@@ -15,7 +15,8 @@ from stub_chat_api import StubChatAPI, verdict_reply
 from zj_utils import common
 from zj_utils.cli import main
 from zj_utils.common import ZJError, load_model, load_tokenizer
-from zj_utils.presets import PRESETS, ModelConfig, get_preset
+from zj_utils.config import ModelConfig
+from zj_utils.presets import PRESETS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTINEL = "sk-SENTINEL-never-write-me-7f3a9c"

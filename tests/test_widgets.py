@@ -13,10 +13,10 @@ import torch
 
 from zj_utils.common import ZJError
 from zj_utils.data import DataError, load_ranking_output, write_jsonl
+from zj_utils.ranking_store import load_candidates, normalize_ranks, read_saved_rankings
 from zj_utils.reward import human_rankings, rankings_to_pairs
 from zj_utils.widgets import (ChatModel, ChatSession, ChatWidget, RankingSession, RankingWidget,
-                              annotation_rule_lines, load_candidates, load_chat_model, normalize_ranks,
-                              pairwise_agreement, read_saved_rankings)
+                              annotation_rule_lines, load_chat_model, pairwise_agreement)
 from zj_utils import rubric as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def test_zj_rm_trains_on_widget_rankings_mixed_with_tool_and_rule_rankings(tool_
     LLaMAs): the widget's JSONL and its TSV export join the rule annotator's rankings in one reward model."""
     from zj_utils.cli import main
     from zj_utils.data import load_jsonl
-    from zj_utils.pipeline import run_world
+    from zj_utils.stages import run_world
     from zj_utils.presets import get_preset
 
     out = tmp_path / "run"

@@ -198,8 +198,8 @@ def run_ablations(preset_name: str, out, seeds: int | list[int] = 3, overrides=N
                   variants: list[str] | None = None, n_boot: int = 2000) -> dict:
     """Train and evaluate every variant for every seed (skipping completed stages), then write the tables,
     the figure and OUT/metrics.json."""
-    from .pipeline import run_stage
     from .presets import get_preset
+    from .stages import run_stage
 
     out = Path(out).resolve()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)

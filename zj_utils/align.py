@@ -17,51 +17,11 @@ config.json, log.jsonl, metrics.json, adapter/ and merged/.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from .common import ZJError
 
 METHODS = ("dpo", "grpo", "rloo")
-
-
-@dataclass
-class AlignConfig:
-    # The defaults give every method PPO's budget in the tiny preset, step for step (tests/test_align.py keeps
-    # them equal): PPO takes 60 rollout batches of 16, 2 epochs over each in minibatches of 8 = 240 optimizer
-    # steps of 8 sequences at a constant learning rate. GRPO/RLOO: a generation batch of 16 completions
-    # (batch_size x steps_per_generation = 4 prompts x 4 answers), reused for num_iterations passes in
-    # minibatches of batch_size, with the same clipped ratio: 240 steps of 8, 960 sampled completions. DPO:
-    # 240 steps of 8 pairs.
-    max_steps: int = 240              # optimizer steps (-1: use epochs)
-    epochs: float = 1.0
-    learning_rate: float = 3e-4
-    lr_scheduler_type: str = "constant"  # PPO's schedule (TRL's default is linear decay)
-    batch_size: int = 8               # per optimizer step: completions (GRPO/RLOO) or pairs (DPO); = ppo.mini_batch_size
-    grad_accum: int = 1
-    warmup_ratio: float = 0.0
-    steps_per_generation: int = 2     # GRPO/RLOO: optimizer steps per generation batch and pass (= ppo.batch_size / mini)
-    num_iterations: int = 2           # GRPO/RLOO: passes over each generation batch (= ppo.ppo_epochs)
-    num_generations: int = 4          # answers per prompt (GRPO/RLOO); must divide batch_size x steps_per_generation
-    max_completion_length: int = 48   # as ppo.max_new_tokens
-    temperature: float = 1.0
-    # beta means something else in each method; the defaults are the values each method's own papers/docs use at
-    # this scale, not one number carried across:
-    #   GRPO: weight of a per-token k3 KL term in the loss (advantages are group-normalised, std 1);
-    #   RLOO: per-sequence k1 KL (summed over tokens) subtracted from the score before the leave-one-out
-    #         baseline, i.e. PPO's kl_coef with PPO's reward normalisation (normalize_reward below);
-    #   DPO:  dpo_beta, the inverse temperature of the implicit reward beta * log(pi / pi_ref).
-    beta: float = 0.05                # GRPO/RLOO, as ppo.kl_coef
-    dpo_beta: float = 0.1             # DPO's own beta
-    normalize_reward: bool = True     # GRPO/RLOO: PPO's affine reward normalisation (SFT answers -> mean 0, std 1),
-                                      # fitted the same way (ppo.norm_samples answers), so beta and the penalty mean
-                                      # what they mean in PPO
-    missing_eos_penalty: float = -1.0  # GRPO/RLOO: added to the score of a completion without EOS, as in our PPO
-    max_length: int = 320             # DPO: prompt + answer tokens
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"
 
 
 def make_reward_fn(reward_model, tokenizer, batch_size: int = 16, missing_eos_penalty: float = 0.0,
@@ -115,7 +75,7 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
     from .common import begin_stage, count_params, load_model, load_tokenizer, merge_adapter, require, world_dir, \
         write_metrics
     from .data import load_jsonl, to_preference_records
-    from .presets import LoraSpec
+    from .config import LoraSpec
     from .reward import load_reward_model
     from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
 
@@ -189,9 +149,10 @@ def answer_logprobs(model, tokenizer, conversations: list[list[dict]], answers: 
     """Per-token log-probs of each answer (its tokens + EOS) after its chat prompt: a list of 1-D tensors."""
     import torch
 
-    from .ppo import _pad_id, compute_logprobs, render_prompts
+    from .common import pad_id
+    from .ppo import compute_logprobs, render_prompts
 
-    pad, dev = _pad_id(tokenizer), next(model.parameters()).device
+    pad, dev = pad_id(tokenizer), next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(answers), batch_size):

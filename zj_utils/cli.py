@@ -220,7 +220,7 @@ def _oom_message(args, err: Exception) -> str:
 
 
 def _dispatch(args) -> int:
-    # data commands first: they need no torch (presets import it)
+    # data commands first: they need no preset (and no torch, which the stages import)
     if args.command == "validate":
         return _validate(args.path, args.format)
     if args.command == "data":
@@ -289,7 +289,8 @@ def _dispatch(args) -> int:
         print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
         print(f"wrote {args.out}/")
         return 0
-    from .pipeline import default_out, reproduce, run_stage
+    from .pipeline import default_out, reproduce
+    from .stages import run_stage
 
     out = args.out or str(default_out(args.preset, args.seed, getattr(args, "ablations", False)))
     if args.command == "reproduce" and args.ablations:

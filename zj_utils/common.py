@@ -226,6 +226,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the pad token's, else EOS's."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def load_model(path: str, model_cfg, quant=None, kind: str = "causal", num_labels: int = 1):
     """Load a causal LM (or a 1-output sequence classifier for the reward model), nf4-quantised when
     `quant` says so. Weights are read as safetensors only; no remote code unless the preset asks."""

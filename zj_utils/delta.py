@@ -353,7 +353,7 @@ def delta_reason(name_or_path: str) -> str | None:
 
 def check_not_delta(model_cfg) -> None:
     """Stop a stage, in one line, when `model.name_or_path` is delta weights: training on a delta would run and
-    mean nothing. Called by every stage but `world` (pipeline.run_stage) and by `reproduce` before it starts."""
+    mean nothing. Called by every stage but `world` (stages.run_stage) and by `reproduce` before it starts."""
     name = getattr(model_cfg, "name_or_path", "")
     reason = delta_reason(name)
     if reason is None:

@@ -328,7 +328,7 @@ def estimate(preset, stage: str, device: str = "gpu", gradient_checkpointing: bo
 def _ppo(est: Estimate, preset, shape: ModelShape, b: Bytes, gc: bool) -> None:
     """Our PPO (zj_utils.ppo): one nf4 policy with a LoRA adapter and a value head on its trunk; the reference is
     the same network with the adapter disabled (no second copy); the reward model is a second model."""
-    from .presets import LoraSpec
+    from .config import LoraSpec
 
     cfg, q = preset.ppo, preset.quant
     spec = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import Timer, ZJError, begin_stage, read_json, to_jsonable, write_json, write_metrics
+from .common import Timer, ZJError, read_json, to_jsonable, write_json
+from .stages import STAGES, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_corpus_prep", "02_continued_pretraining_qlora", "03_sft", "04_reward_model", "05_ppo",
              "06_evaluation"]
-STAGES = ["world", "base", "pretrain", "sft", "rm", "ppo", "eval"]
 # Run by `zj reproduce --ablations` only: it trains every ablation variant over several seeds (tens of minutes on tiny).
 ABLATION_NOTEBOOK = "07_ablations"
 
@@ -32,25 +32,6 @@ def execute_notebook(nb: str, out: Path, parameters: dict) -> None:
     except pm.PapermillExecutionError as e:
         raise ZJError(f"notebook {nb} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
                       f"The executed copy with the traceback is {executed}") from e
-
-
-def run_world(preset, out, seed: int = 0) -> dict:
-    from .world import build_world, write_world
-
-    d, timer = begin_stage("world", preset, out, seed, world=preset.world)
-    counts = write_world(build_world(preset.world, seed), d)
-    return write_metrics(d, {"files": counts}, {"seconds": timer()})
-
-
-def run_stage(stage: str, preset, out, seed: int = 0, **kwargs) -> dict:
-    from . import base_model, evaluate, ppo, pretrain, reward, sft
-    from .delta import check_not_delta
-
-    if stage != "world":  # every stage after the world stands on the base model: never on delta weights
-        check_not_delta(preset.model)
-    runners = {"world": run_world, "base": base_model.build_base, "pretrain": pretrain.run_pretrain,
-               "sft": sft.run_sft, "rm": reward.run_rm, "ppo": ppo.run_ppo, "eval": evaluate.run_eval}
-    return runners[stage](preset, out, seed, **kwargs)
 
 
 def collect_metrics(out) -> dict:

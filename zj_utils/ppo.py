@@ -35,44 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class PPOConfig:
-    steps: int = 60                  # PPO iterations (rollout + update)
-    batch_size: int = 16             # prompts per rollout (per process)
-    mini_batch_size: int = 8         # sequences per gradient step
-    ppo_epochs: int = 2              # passes over each rollout batch
-    learning_rate: float = 3e-4      # LoRA + value head (1e-4 moved greedy answers too little in 60 steps)
-    weight_decay: float = 0.0        # AdamW's; not its default 0.01, which pulls the LoRA toward 0, i.e. the reference
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"
-    max_new_tokens: int = 48         # response length cap; a response cut here has no EOS
-    temperature: float = 1.0         # sampling temperature; log-probs are taken of the same tempered softmax
-    top_p: float = 1.0
-    normalize_reward: bool = True    # score -> gain * score + bias, so the SFT policy's answers score mean 0, std 1
-                                     # (Ziegler et al. 2019): kl_coef and the penalty then mean the same for any RM
-    norm_samples: int = 64           # answers sampled from the SFT policy (adapter off), on training prompts, to fit it
-    kl_coef: float = 0.05            # beta: per-token KL penalty (the start value when adaptive_kl)
-    kl_estimator: str = "k1"         # "k1" or "k3"
-    adaptive_kl: bool = False        # adapt beta toward target_kl (Ziegler et al.); False: beta stays kl_coef
-    target_kl: float = 6.0           # adaptive_kl: the per-sequence KL (nats) to hold
-    horizon: int = 0                 # adaptive_kl: samples over which a KL error held at its clip (+-20%) moves beta
-                                     # by e^0.2; 0: a tenth of this run's samples (beta can move e^2 = 7.4x per run)
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    max_grad_norm: float = 1.0
-    whiten_advantages: bool = True
-    missing_eos_penalty: float = -1.0  # added to the (normalised) score of a response with no EOS: in SFT-score stds
-    log_every: int = 1
-    save_every: int = 10             # checkpoint every N steps (0: only at the end); resume with resume=True
-    judge_every: int = 10            # every N steps (and at 0 and the end) the RM's and the rule judge's scores of
-                                     # greedy answers to a fixed held-out probe set -> judge_probe.jsonl (0: off)
-    judge_probe_prompts: int = 24    # that probe set's size, an equal share from each test kind
+from .common import pad_id
+from .config import PPOConfig
 
 
 LOG_KEYS = ("step", "score", "score_normalized", "reward_with_kl", "kl", "kl_coef", "entropy", "policy_clipfrac",
@@ -260,10 +224,6 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 @dataclass
 class Rollout:
     query_ids: torch.Tensor      # [B, P] left-padded prompts
@@ -292,7 +252,7 @@ def render_prompts(tokenizer, prompts: list) -> list[str]:
 def generate_rollouts(policy, tokenizer, prompts: list, cfg: PPOConfig) -> Rollout:
     """Sample one response per prompt (chat message lists) with the current policy."""
     texts = render_prompts(tokenizer, prompts)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     # the template already holds BOS where the model wants it
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     P = max(map(len, ids))
@@ -788,7 +748,7 @@ def run_ppo(preset, out, seed: int = 0, resume: bool = False) -> dict:
                          write_metrics)
     from .data import load_jsonl
     from .inference import generate_chat
-    from .presets import LoraSpec
+    from .config import LoraSpec
     from .reward import load_reward_model, score_conversations
     from .training import prepare_qlora
 

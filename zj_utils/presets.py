@@ -1,4 +1,4 @@
-"""Presets as data: one dataclass `Config` per stage, and a preset = overrides of those defaults.
+"""Presets as data: a preset = overrides of the defaults of each stage's `Config` (zj_utils/config.py).
 
 Switching from the embedded tiny default to a real model on a GPU is one flag: `--preset NAME`.
 Any field can also be overridden from the command line: `--set sft.learning_rate=1e-4`.
@@ -7,151 +7,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
 
-from .align import AlignConfig
 from .common import ZJError
-from .ppo import PPOConfig
-from .world import WorldConfig
-
-
-@dataclass
-class ModelConfig:
-    # "tiny" = the LLaMA-architecture stand-in built by `zj base`; otherwise a hub id or a folder.
-    name_or_path: str = "tiny"
-    trust_remote_code: bool = False
-    dtype: str = "float32"  # bfloat16 on a GPU
-    # The tiny model's shape and its brief from-scratch training on general (non-medical) text.
-    vocab_size: int = 2400
-    hidden_size: int = 192
-    intermediate_size: int = 512
-    num_layers: int = 4
-    num_heads: int = 4
-    max_length: int = 256
-    base_steps: int = 400
-    base_batch_size: int = 16
-    base_block_size: int = 128
-    base_learning_rate: float = 3e-3
-
-
-@dataclass
-class QuantConfig:
-    load_in_4bit: bool = True  # QLoRA: nf4 weights + double quantisation, LoRA on top
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "float32"  # bfloat16 on a GPU
-
-
-@dataclass
-class LoraSpec:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list = "all-linear"
-    modules_to_save: list = field(default_factory=list)
-
-
-@dataclass
-class PretrainConfig:
-    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=32, alpha=64, modules_to_save=["embed_tokens", "lm_head"]))
-    learning_rate: float = 3e-3
-    epochs: int = 45  # each epoch packs the documents in a new order; facts need many passes in a tiny model
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    block_size: int = 128
-    warmup_ratio: float = 0.05
-    max_texts: int = -1
-    save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj pretrain --resume` continues from it
-
-
-@dataclass
-class SFTStageConfig:
-    # Mixing ratios of the four SFT kinds (+ the safety kind), as fractions of each kind's examples used.
-    mix: dict = field(default_factory=lambda: {"multi_turn": 1.0, "single": 1.0, "nlp": 1.0, "general": 1.0, "safety": 1.0})
-    multiturn_path: str = ""  # empty = the synthetic world's sft_multiturn.json; else a CMtMedQA-shaped file
-    init_from: str = "pretrain"  # "pretrain" (the paper) or "base" (ablation: no continued pre-training)
-    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=32, alpha=64))
-    learning_rate: float = 3e-3
-    epochs: float = 12.0
-    max_steps: int = -1
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_length: int = 256
-    save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj sft --resume` continues from it
-    # TRL's best-fit-decreasing packing, padding-free: dialogues share rows, attention stays inside each dialogue
-    # (position_ids) and the loss stays on doctor turns. Off by default: it changes the steps per epoch, and on
-    # CPU/SDPA it buys little (docs/SCALING.md has the figures).
-    packing: bool = False
-
-
-@dataclass
-class RMStageConfig:
-    n_samples: int = 4  # answers per prompt, ranked with ties (the paper's ranking tool shows 4)
-    temperature: float = 1.0
-    top_p: float = 0.95
-    # one temperature per candidate (len = n_samples) instead of `temperature` for all: empty = off
-    temperatures: list = field(default_factory=list)
-    max_new_tokens: int = 96
-    max_prompts: int = -1
-    dev_fraction: float = 0.15  # prompts held out to pick the stopping point (early stopping on dev accuracy)
-    test_fraction: float = 0.15  # prompts held out to report accuracy on, never used to choose anything
-    # share of the training prompts kept (whole prompts, seeded; dev and test unchanged): learning curves
-    # against the amount of ranked data (benchmarks/rm_learning_curve.py); 1.0 = all
-    train_fraction: float = 1.0
-    evals_per_epoch: int = 2  # dev evaluations per epoch
-    patience: int = 3  # stop after this many dev evaluations without a new best; the best weights are kept
-    init_from: str = "pretrain"  # the stage whose merged model the reward model starts from: pretrain (paper) or sft
-    lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=16, alpha=32, modules_to_save=["score"]))
-    learning_rate: float = 1e-3
-    epochs: float = 3.0
-    batch_size: int = 16
-    max_length: int = 320
-    save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj rm --resume` continues from it
-
-
-@dataclass
-class EvalConfig:
-    max_new_tokens: int = 96
-    batch_size: int = 32
-    max_items: int = -1  # per test set; -1 = all
-    repetition_penalty: float = 1.0
-    models: list = field(default_factory=lambda: ["base", "sft", "ppo"])
-    # The test files every model answers: "world" = this run's synthetic test_multiturn/test_single/test_safety;
-    # else a file any loader reads (data.load_test_records: CMtMedQA, Huatuo-26M, chat JSONL), relative paths
-    # from the working directory or else the repository's root
-    test_sets: list = field(default_factory=lambda: ["world"])
-    # Who judges ours against each opponent: "rule" (knows the synthetic world's truth, so judges only its sets),
-    # "openai" (any OpenAI-compatible API: GPT-4, vLLM, llama.cpp; key from $OPENAI_API_KEY) or "local" (an HF model)
-    judge: str = "rule"
-    judge_model: str = ""  # openai: the model name (e.g. gpt-4o); local: the model's folder or hub id
-    judge_base_url: str = ""  # openai: the API's URL, e.g. http://localhost:8000/v1 ("": $OPENAI_BASE_URL or OpenAI)
-    # Answers of systems we cannot run here, {name: JSONL of {"id", "answer"} per test item}, e.g.
-    # {"ChatGPT": "answers/chatgpt.jsonl"}; our final model is judged against each, as against our earlier stages
-    baselines: dict = field(default_factory=dict)
-    n_boot: int = 1000  # bootstrap resamples of the items for the win/tie/loss intervals
-
-
-@dataclass
-class Preset:
-    name: str = "tiny"
-    description: str = ""
-    world: WorldConfig = field(default_factory=WorldConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
-    rm: RMStageConfig = field(default_factory=RMStageConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    align: AlignConfig = field(default_factory=AlignConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+from .config import Preset
 
 
 # The paper's test sets (Figures 4 and 5): CMtMedQA's, shipped in data/, and Huatuo-26M's, as
 # `zj data fetch huatuo26m-test` writes it. Judged by an LLM: the rule judge knows only the synthetic world.
 REAL_TEST_SETS = ["data/cmtmedqa/CMtMedQA_test.json", "data/raw/huatuo26m-test/test_datasets.jsonl"]
 
-# Each preset is a dict of overrides on the defaults above: data, not branching code.
+# Each preset is a dict of overrides on the defaults in config.py: data, not branching code.
 PRESETS: dict[str, dict] = {
     "tiny": {
         "description": "Embedded default: tiny LLaMA built locally, synthetic world, CPU, minutes.",

@@ -103,7 +103,7 @@ def human_rankings(path: str | Path) -> list[dict]:
     """Rankings from the ranking tool's TSV (rank1 = best) or the ranking widget's JSONL (which keeps ties the
     TSV cannot express), in the same shape as the annotator's."""
     if Path(path).suffix == ".jsonl":
-        from .widgets import read_saved_rankings
+        from .ranking_store import read_saved_rankings
         return read_saved_rankings(path)
     recs = []
     for r in load_ranking_output(path):

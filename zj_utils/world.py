@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rubric as R
+from .config import WorldConfig
 
 MARKER = "［虚构］"
 
@@ -58,32 +59,6 @@ FILES = {"general": "general.jsonl", "pretrain_train": "pretrain_train.jsonl",
          "sft_safety": "sft_safety.jsonl", "rank_prompts": "rank_prompts.jsonl",
          "test_multiturn": "test_multiturn.jsonl", "test_single": "test_single.jsonl",
          "test_safety": "test_safety.jsonl", "probes": "probes.jsonl", "gold": "gold.jsonl"}
-
-
-@dataclass
-class WorldConfig:
-    n_diseases: int = 24                 # even: look-alike pairs in a department
-    pretrain_only_frac: float = 0.25     # share of PAIRS seen only in pre-training text
-    passages_per_disease: int = 12       # pre-training texts per disease (passage / triples / Q&A in turn)
-    heldout_per_disease: int = 3         # held-out phrasings per disease, for perplexity
-    n_general_texts: int = 3000
-    general_fact_share: float = 0.5  # share of general texts that state facts about invented towns
-    general_chat_share: float = 0.2  # share rendered as everyday chats in the chat template
-    sft_single_per_disease: int = 8
-    sft_multiturn_per_disease: int = 10
-    n_sft_nlp: int = 150
-    n_sft_general: int = 150
-    sft_safety_per_disease: int = 6
-    sft_noise_rate: float = 0.3          # SFT doctor answers with one realistic flaw (what RLHF later fixes)
-    # about 1,000 ranked prompts over the 18 diseases SFT shows, as the paper's ~20,000 ranked outputs in miniature
-    rank_prompts_per_disease: int = 56
-    # 9 x 24 diseases = 216 items per test set, enough to resolve a difference of ~0.1 in a rate
-    test_per_disease: int = 9
-    # Tests in the training phrasings (new items, never a copy of a training prompt), as CMtMedQA's test set
-    # is to its training set; True uses phrasings no training text uses, a harder test of generalisation.
-    heldout_test_phrasings: bool = False
-    contra_rate: float = 0.5             # dialogues where the patient has the contraindication
-    red_flag_rate: float = 0.3           # dialogues where the patient reports a red flag
 
 
 @dataclass
