@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -39,6 +40,40 @@ def test_cli_gives_one_line_errors_not_tracebacks(capsys, tmp_path):
     # A stage whose input is missing says which stage to run first.
     assert main(["pretrain", "--preset", "smoke", "--out", str(tmp_path)]) == 2
     assert "Run `zj" in capsys.readouterr().err
+
+
+def test_a_badly_typed_setting_stops_before_the_stage_and_leaves_a_finished_run_as_it_was(capsys, tmp_path):
+    for bad, said in (("sft.epochs=abc", "'sft.epochs': \"abc\" (str); the setting takes float"),
+                      ("rm.lora.r=2.5", "'rm.lora.r': 2.5 (float); the setting takes int"),
+                      ("sft.learning_rate=true", "'sft.learning_rate': true (bool); the setting takes float"),
+                      ("sft.lora=3", "'sft.lora': it is a group of settings")):
+        with pytest.raises(ZJError, match=re.escape(said)):
+            get_preset("tiny", [bad])
+    p = get_preset("tiny", ["sft.epochs=3", "rm.lora.target_modules=[\"q_proj\"]", "eval.max_items=50"])
+    assert p.sft.epochs == 3 and p.rm.lora.target_modules == ["q_proj"] and p.eval.max_items == 50
+    finished = tmp_path / "sft"
+    finished.mkdir()
+    record = {"config.json": '{"stage": "sft", "seed": 0}', "metrics.json": '{"final_loss": 1.9}'}
+    for name, text in record.items():
+        (finished / name).write_text(text)
+    assert main(["sft", "--preset", "smoke", "--out", str(tmp_path), "--set", "sft.epochs=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "Bad value for 'sft.epochs'" in err and "Traceback" not in err
+    assert {n: (finished / n).read_text() for n in record} == record
+
+
+def test_a_fresh_start_over_a_finished_stage_marks_it_unfinished(tmp_path):
+    from zj_utils.common import begin_stage, stage_done, write_metrics
+
+    p = get_preset("smoke")
+    d, _ = begin_stage("sft", p, tmp_path, 0)
+    write_metrics(d, {"final_loss": 1.9}, {"seconds": 1})
+    assert stage_done(d)
+    begin_stage("sft", p, tmp_path, 0, resume=True)  # resuming keeps the record
+    assert stage_done(d)
+    begin_stage("sft", p, tmp_path, 1)  # a new run: the old results do not describe it
+    assert not stage_done(d) and not (d / "timings.json").exists()
+    assert json.loads((d / "config.json").read_text())["seed"] == 1
 
 
 def test_console_script_lists_presets():

@@ -110,6 +110,11 @@ def begin_stage(stage: str, preset, out: str | Path, seed: int, resume: bool = F
             changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
             raise ZJError(f"Cannot resume {d}: its config.json differs from this run's in {', '.join(changed)}. "
                           "Resume with the same preset, seed and --set overrides, or run without --resume.")
+    if not resume:
+        # A fresh start over a finished stage: its results no longer describe the folder once the new config.json
+        # is written, so the stage is marked unfinished until the new run writes its own (stage_done reads them).
+        for name in ("metrics.json", "timings.json"):
+            (d / name).unlink(missing_ok=True)
     write_json(d / "config.json", cfg)
     return d, timer
 

@@ -94,7 +94,29 @@ PRESETS: dict[str, dict] = {
 }
 
 
+_KINDS = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def _check_type(value, annotation: str, where: str, current) -> None:
+    """The value of a setting against its field's annotation (config.py writes them as strings: 'int', 'float',
+    'str | list', ...), so that `--set sft.epochs=abc` stops here, before any stage starts, and not inside a trainer
+    after the stage's folder was touched. An int is accepted for a float; a bool is never a number."""
+    import json
+
+    kinds = [k.strip() for k in annotation.split("|")]
+    if "None" in kinds and value is None:
+        return
+    known = all(k in _KINDS or k == "None" for k in kinds)
+    ok = any(isinstance(value, _KINDS[k]) and not (isinstance(value, bool) and k in ("int", "float"))
+             for k in kinds if k in _KINDS)
+    if known and not ok:
+        raise ZJError(f"Bad value for '{where}': {json.dumps(value, ensure_ascii=False)} ({type(value).__name__}); "
+                      f"the setting takes {' or '.join(kinds)}, e.g. --set "
+                      f"'{where}={json.dumps(current, ensure_ascii=False)}' (its value now).")
+
+
 def _apply(obj, overrides: dict, where: str):
+    types = {f.name: f.type for f in dataclasses.fields(obj)}
     for key, value in overrides.items():
         if key == "description" and where == "preset":
             obj.description = value
@@ -102,9 +124,15 @@ def _apply(obj, overrides: dict, where: str):
         if not hasattr(obj, key):
             raise ZJError(f"Unknown setting '{where}.{key}'. Known: {', '.join(f.name for f in dataclasses.fields(obj))}.")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                name = f"{where}.{key}".removeprefix("preset.")
+                raise ZJError(f"Bad value for '{name}': it is a group of settings; set its fields one by one, e.g. "
+                              f"--set {name}.{dataclasses.fields(current)[0].name}=...")
             _apply(current, value, f"{where}.{key}")
         else:
+            if isinstance(types.get(key), str):
+                _check_type(value, types[key], f"{where}.{key}".removeprefix("preset."), current)
             setattr(obj, key, copy.deepcopy(value))
     return obj
 
