@@ -119,3 +119,21 @@ def test_content_credit_needs_what_the_prompt_asks_for(kg, d):
     assert assess(ask, {"should_ask": d["key_question"]["topic"]}, kg).abilities["accuracy"] == 1.0
     assert assess(ask, {"disease": d["name"]}, kg).abilities["accuracy"] == 0.5
     assert assess("请多喝水。", {"should_ask": d["key_question"]["topic"]}, kg).abilities["accuracy"] == 0.5
+
+
+def test_asking_about_the_topic_costs_nothing_when_the_answer_gives_every_fact(kg, d):
+    """The re-ask deduction is for an answer that asks what the history gave *instead of* concluding: with every
+    expected fact given (clinical ability 1) the question costs nothing."""
+    e = {"disease": d["name"], "exam": d["exam"], "drug": d["drug"]}
+    v = assess(f"请问您{d['key_question']['ask']}？考虑是{d['name']}，建议做{d['exam']}确诊，首选{d['drug']}治疗。",
+               e, kg)
+    assert _abilities(v, *PROF) == (1.0, 1.0, 1.0) and v.reasons == []
+
+
+def test_a_repeated_four_gram_share_of_exactly_a_quarter_is_not_repetition(kg):
+    # 12 four-grams, 9 distinct (share 0.25 exactly), none three times: the rule deducts above a quarter only
+    text = "甲乙丙丁戊己甲乙丙丁戊己庚辛。"
+    grams = [text[i:i + 4] for i in range(len(text) - 3)]
+    assert (len(grams), len(set(grams))) == (12, 9)
+    v = assess(text, {}, kg)
+    assert v.abilities["coherence"] == 1.0 and not any("repetition" in r for r in v.reasons)
