@@ -15,8 +15,10 @@ class CharTokenizer:
 
 
 def test_table_aligns_columns_and_formats_numbers():
-    text = lessons.table([{"k": "a", "n": 1234, "x": 0.5}, {"k": "bb", "n": 5, "x": None}], digits=2)
-    assert text.splitlines() == ["k   n      x", "--  -----  ----", "a   1,234  0.50", "bb  5      None"]
+    text = lessons.table([{"k": "a", "n": 1234, "x": 0.5}, {"k": "bb", "n": 5, "x": 0.012345}, {"k": "c", "x": None}],
+                         digits=2)
+    assert text.splitlines() == ["k   n      x", "--  -----  -----", "a   1,234  0.5", "bb  5      0.012",
+                                 "c   None   None"]
 
 
 # --------------------------------------------------------------------------- NF4

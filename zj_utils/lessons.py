@@ -10,6 +10,7 @@ stage used it, and one patient answered before and after SFT, judged by the eval
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from .common import read_json
@@ -18,7 +19,8 @@ from .common import read_json
 
 
 def table(rows: list[dict], columns: list[str] | None = None, digits: int = 4) -> str:
-    """Rows of dicts as a fixed-width text table (floats rounded to `digits`, ints with thousands separators)."""
+    """Rows of dicts as a fixed-width text table (floats to `digits` significant digits, ints with thousands
+    separators)."""
     if not rows:
         return "(no rows)"
     columns = columns or list(rows[0])
@@ -29,7 +31,7 @@ def table(rows: list[dict], columns: list[str] | None = None, digits: int = 4) -
         if isinstance(v, int):
             return f"{v:,}"
         if isinstance(v, float):
-            return f"{v:.{digits}f}"
+            return f"{v:.{digits}g}"
         return str(v)
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
@@ -166,14 +168,15 @@ def plot_nf4(report: dict, title: str = ""):
     lim = max(abs(err).max(), abs(err0).max())
     ebins = np.linspace(-lim, lim, 61)
     ax_err.hist(err, bins=ebins, color="#2f6db5", alpha=0.75,
-                label=f"NF4 + dq: mean |err| {report['mean_abs_error']['nf4+dq']:.4f}")
+                label=f"NF4 + dq: mean |err| {report['mean_abs_error']['nf4+dq']:.4g}")
     ax_err.hist(err0, bins=ebins, histtype="step", color="#d9822b", lw=1.4,
-                label=f"NF4 alone: mean |err| {report['mean_abs_error']['nf4']:.4f}")
+                label=f"NF4 alone: mean |err| {report['mean_abs_error']['nf4']:.4g}")
     ax_err.set_xlabel("original - dequantised")
     ax_err.set_title("quantisation error", fontsize=9)
     ax_err.legend(fontsize=7)
     for a in (ax, ax_err):
         a.grid(alpha=0.3)
+        a.locator_params(axis="x", nbins=6)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -304,10 +307,10 @@ def plot_probes_by_attribute(rows: list[dict], title: str = "knowledge probes by
 
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.45 * len(rows)))
-    ax.barh(y + 0.2, [r["before"] or 0 for r in rows], 0.4, color="#b9c7d9", label="before")
-    ax.barh(y - 0.2, [r["after"] for r in rows], 0.4, color="#2f6db5", label="after")
+    ax.barh(y - 0.2, [r["before"] or 0 for r in rows], 0.4, color="#b9c7d9", label="before")  # above, once inverted
+    ax.barh(y + 0.2, [r["after"] for r in rows], 0.4, color="#2f6db5", label="after")
     for i, r in enumerate(rows):
-        ax.text(r["after"] + 0.01, i - 0.2, f"{r['after']:.2f}", va="center", fontsize=7)
+        ax.text(r["after"] + 0.01, i + 0.2, f"{r['after']:.2f}", va="center", fontsize=7)
     ax.set_yticks(y, [f"{r['attribute']} (n={r['n']})" if r["n"] else r["attribute"] for r in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1.08)
@@ -351,7 +354,8 @@ def sft_loss_mask(preset, tokenizer, model, messages: list[dict], seed: int = 0)
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # one example: the four preparation bars would only clutter the cell
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed arguments, as in the stage's log
             args = sft_training_args(preset, Path(tmp), seed)
             trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                                  train_dataset=Dataset.from_list([{"messages": messages}]))
