@@ -89,6 +89,12 @@ def report(run: Path, out: Path) -> list[dict]:
                      "init_probe_accuracy": probes, "train_accuracy": m["train_accuracy"],
                      "dev_accuracy": m["dev_accuracy"], "test": rep["overall"],
                      "safety": rep["by_dimension"].get("safety"), "trainable_params": m["trainable_params"]})
+    # a cell that is the run's own rm stage (linked, made before train_prompts was recorded): the same split and
+    # fraction as another cell, so the same number of training prompts
+    for r in rows:
+        if r["train_prompts"] is None:
+            r["train_prompts"] = next((o["train_prompts"] for o in rows if o["train_fraction"] == r["train_fraction"]
+                                       and o["train_prompts"] is not None), None)
     order = {"base": 0, "pretrain": 1, "larger": 2}
     rows.sort(key=lambda r: (order.get(r["init"], 3), r["train_fraction"]))
     write_json(out / "curve.json", {"run": str(run), "rows": rows})
