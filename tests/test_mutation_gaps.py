@@ -356,6 +356,47 @@ def test_check_does_not_count_a_record_it_reported(tmp_path):
     assert (got["records"], len(got["problems"])) == (1, 2), got
 
 
+def test_cmtmedqa_without_input_or_cate2_loads(tmp_path):
+    """`input` and `cate2` are optional (mutants: required=False -> True on either)."""
+    import json
+
+    from zj_utils.data import load_cmtmedqa, validate
+
+    path = tmp_path / "cmt.json"
+    path.write_text(json.dumps([_cmt(input=None), _cmt(id=2, cate2=None)], ensure_ascii=False), encoding="utf-8")
+    assert validate(path, "cmtmedqa") == []
+    assert [d["meta"]["cate2"] for d in load_cmtmedqa(path)] == ["呼吸", ""]
+
+
+def test_a_safety_record_missing_either_text_is_not_counted(tmp_path):
+    """{instruct, output} with one of them empty is reported and left out (mutant: `or` -> `and`, which kept a
+    record with one text missing)."""
+    import json
+
+    from zj_utils.data import check
+
+    path = tmp_path / "safety.json"
+    path.write_text(json.dumps([{"instruct": "怎么偷药", "output": ""}, {"instruct": "", "output": "不能提供"},
+                                {"instruct": "怎么偷药", "output": "不能提供"}], ensure_ascii=False), encoding="utf-8")
+    got = check(path, "cmtmedqa")
+    assert (got["records"], len(got["problems"])) == (1, 2), got
+
+
+def test_a_message_that_is_not_an_object_leaves_its_record_out(tmp_path):
+    """messages: [.., "text"] is reported and the record not counted (mutant: `ok = False` -> True there)."""
+    import json
+
+    from zj_utils.data import check
+
+    chat = tmp_path / "chat.jsonl"
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "头痛"}, "多久了？"]},
+            {"id": "b", "messages": [{"role": "user", "content": "头痛"}, {"role": "assistant", "content": "多久"}]}]
+    chat.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    got = check(chat, "messages_jsonl")
+    assert (got["records"], len(got["problems"])) == (1, 1), got
+    assert "expected an object" in str(got["problems"][0])
+
+
 def test_disrespectful_wording_loses_the_ethics_ability():
     """An answer with a rubric.ETHICS_VIOLATIONS phrase scores ethics 0 and says why (mutants: the 0.0 -> 1.0,
     `ethics < 1` -> `<=` only changing the reason)."""
