@@ -90,11 +90,17 @@ MODULES: dict[str, dict] = {
     },
     "data_validate": {
         "file": "zj_utils/data.py",
-        "functions": ["_field", "_text", "_history", "_text_list", "_rec_cmtmedqa", "_rec_messages", "check",
-                      "validate"],
+        "functions": ["_text_list", "_rec_cmtmedqa", "_rec_messages", "check", "validate"],
         "tests": ["tests/test_data.py", "tests/test_data_values.py", "tests/test_validate_cli.py",
                   "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         # not the chunked JSON-array reader, the datasets cache or the cleaning properties (no validation there)
+        "k": "not streaming_reader and not to_dataset and not cleaning",
+    },
+    "data_fields": {  # the field checks data_validate's functions call, in the readers under data.py
+        "file": "zj_utils/readers.py",
+        "functions": ["_field", "_text", "_history"],
+        "tests": ["tests/test_data.py", "tests/test_data_values.py", "tests/test_validate_cli.py",
+                  "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         "k": "not streaming_reader and not to_dataset and not cleaning",
     },
     "ppo_maths": {
