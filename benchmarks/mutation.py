@@ -83,7 +83,7 @@ MODULES: dict[str, dict] = {
                   "tests/test_mutation_gaps.py"],
     },
     "data_pairs": {
-        "file": "zj_utils/data.py",
+        "file": "zj_utils/rankings.py",
         "functions": ["ranks_to_pairs", "ranked_texts_to_ranks", "to_preference_records"],
         "tests": ["tests/test_data.py", "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         "k": "rank or pair or preference",

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from zj_utils.common import DATA_DIR
-from zj_utils.data import (FORMATS, DataError, load_cmtmedqa, load_dialogues, load_jsonl, load_messages_jsonl,
-                           load_ranking_input, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs,
-                           to_preference_records, validate, write_jsonl, write_ranking_input,
-                           write_ranking_output)
+from zj_utils.data import (FORMATS, DataError, load_cmtmedqa, load_dialogues, load_jsonl, load_messages_jsonl, validate,
+                           write_jsonl)
+from zj_utils.rankings import (load_ranking_input, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs,
+                               to_preference_records, write_ranking_input, write_ranking_output)
 
 CMT = DATA_DIR / "cmtmedqa" / "CMtMedQA_test.json"
 RANK_IN = DATA_DIR / "rlhf_label_tool" / "input_file.json"

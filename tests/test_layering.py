@@ -27,8 +27,8 @@ LAYER_NAMES = {
 LAYERS = {
     "config": 0, "rubric": 0, "stats": 0, "tokenizer": 0, "cleaning": 0,
     "common": 1, "presets": 1,
-    "readers": 2, "data": 2, "ranking_store": 2, "fetch": 2, "plots": 2, "delta": 2, "estimate": 2, "export": 2,
-    "notebook_html": 2,
+    "readers": 2, "rankings": 2, "data": 2, "ranking_store": 2, "fetch": 2, "plots": 2, "delta": 2, "estimate": 2,
+    "export": 2, "notebook_html": 2,
     "inference": 3, "training": 3,
     "world": 4, "judge": 4, "judges": 4, "text_metrics": 4, "corpus_stats": 4, "reward_report": 4, "compare": 4,
     "base_model": 5, "pretrain": 5, "sft": 5, "evaluate": 5, "lessons": 5,

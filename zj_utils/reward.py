@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, load_for_inference, load_model,
                      load_tokenizer, merge_adapter, read_json, require, set_seed, world_dir, write_metrics)
-from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, to_preference_records,
-                   write_ranking_input, write_ranking_output)
+from .data import load_jsonl
+from .rankings import (load_ranking_output, ranked_texts_to_ranks, to_preference_records, write_ranking_input,
+                       write_ranking_output)
 from .reward_report import accuracy_report, comparisons, format_report
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import rubric as R
 from .common import ZJError
-from .data import N_RESPONSES, write_ranking_input, write_ranking_output
+from .rankings import N_RESPONSES, write_ranking_input, write_ranking_output
 from .ranking_store import RankingStore, load_candidates, normalize_ranks
 
 # --------------------------------------------------------------------------------------------- the rule
