@@ -76,7 +76,7 @@ MODULES: dict[str, dict] = {
         "k": "prompt_is_built or rule_judge_wraps or zj_judge_cli_with_the_rule or longer_answer or mutation_gaps",
     },
     "judge_annotator": {
-        "file": "zj_utils/judge.py",
+        "file": "zj_utils/annotator.py",
         "functions": ["Verdict.key", "recommends", "refers_to_emergency", "_states_content", "_fluency", "assess",
                       "compare", "rank_answers"],
         "tests": ["tests/test_judge.py", "tests/test_judge_adversarial.py", "tests/test_judge_abilities.py",

@@ -62,7 +62,7 @@ def load_test_items(world: Path, max_items: int = -1, available: dict | None = N
 
 
 def judge_answers(items: list[dict], answers: list[str], kg: dict) -> list:
-    from .judge import assess
+    from .annotator import assess
 
     return [assess(a, it.get("expect", {}), kg) for it, a in zip(items, answers)]
 

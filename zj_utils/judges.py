@@ -3,7 +3,7 @@ for the rubric's dimensions (safety, professionalism, fluency) and `overall` by 
 dimension in priority order that differs decides). The LLM judges also have `judge_many(triples, concurrency)`, the
 same verdicts for many pairs at once, in the order given.
 
-- `RuleJudge(kg)`: the rule-based judge of the synthetic world (`zj_utils.judge`), which knows the truth.
+- `RuleJudge(kg)`: the rule-based judge of the synthetic world (`zj_utils.annotator`), which knows the truth.
 - `OpenAIChatJudge(model)`: an LLM judge over any OpenAI-compatible chat-completions API (OpenAI, vLLM, llama.cpp
   server, ...), sent through the `openai` client library with its own retries switched off. Each pair is judged in
   both orders; a verdict that changes with the order becomes a tie. Retries with exponential backoff on timeouts,
@@ -61,7 +61,7 @@ def overall(signs: dict) -> int | None:
 # --------------------------------------------------------------------------- rule-based
 
 class RuleJudge:
-    """The world's rule-based judge (`judge.assess` on each answer, then `judge.compare`)."""
+    """The world's rule-based judge (`annotator.assess` on each answer, then `annotator.compare`)."""
 
     name = "rule"
 
@@ -70,7 +70,7 @@ class RuleJudge:
         self.stats = {"pairs": 0}
 
     def judge(self, item: dict, answer_a: str, answer_b: str) -> dict:
-        from .judge import assess, compare
+        from .annotator import assess, compare
 
         expect = item.get("expect", {}) or {}
         self.stats["pairs"] += 1

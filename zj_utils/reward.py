@@ -20,7 +20,7 @@ from .reward_report import accuracy_report, comparisons, format_report
 def sample_and_rank(model, tokenizer, prompts: list[dict], kg: dict, cfg, seed: int) -> list[dict]:
     """4 sampled answers per prompt, ranked with ties by the rule-based annotator (1 = best)."""
     from .inference import generate_chat
-    from .judge import rank_answers
+    from .annotator import rank_answers
 
     convs = [p["messages"] for p in prompts]
     if cfg.temperatures:  # one candidate per temperature: variety from the sampler, as InstructGPT's from models
