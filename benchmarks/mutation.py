@@ -76,25 +76,31 @@ MODULES: dict[str, dict] = {
         "k": "prompt_is_built or rule_judge_wraps or zj_judge_cli_with_the_rule or longer_answer or mutation_gaps",
     },
     "judge_annotator": {
-        "file": "zj_utils/judge.py",
+        "file": "zj_utils/annotator.py",
         "functions": ["Verdict.key", "recommends", "refers_to_emergency", "_states_content", "_fluency", "assess",
                       "compare", "rank_answers"],
         "tests": ["tests/test_judge.py", "tests/test_judge_adversarial.py", "tests/test_judge_abilities.py",
                   "tests/test_mutation_gaps.py"],
     },
     "data_pairs": {
-        "file": "zj_utils/data.py",
+        "file": "zj_utils/rankings.py",
         "functions": ["ranks_to_pairs", "ranked_texts_to_ranks", "to_preference_records"],
         "tests": ["tests/test_data.py", "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         "k": "rank or pair or preference",
     },
     "data_validate": {
         "file": "zj_utils/data.py",
-        "functions": ["_field", "_text", "_history", "_text_list", "_rec_cmtmedqa", "_rec_messages", "check",
-                      "validate"],
+        "functions": ["_text_list", "_rec_cmtmedqa", "_rec_messages", "check", "validate"],
         "tests": ["tests/test_data.py", "tests/test_data_values.py", "tests/test_validate_cli.py",
                   "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         # not the chunked JSON-array reader, the datasets cache or the cleaning properties (no validation there)
+        "k": "not streaming_reader and not to_dataset and not cleaning",
+    },
+    "data_fields": {  # the field checks data_validate's functions call, in the readers under data.py
+        "file": "zj_utils/readers.py",
+        "functions": ["_field", "_text", "_history"],
+        "tests": ["tests/test_data.py", "tests/test_data_values.py", "tests/test_validate_cli.py",
+                  "tests/test_properties.py", "tests/test_mutation_gaps.py"],
         "k": "not streaming_reader and not to_dataset and not cleaning",
     },
     "ppo_maths": {

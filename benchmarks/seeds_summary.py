@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from zj_utils.ablations import two_level_bootstrap
-from zj_utils.judge import Verdict, compare
+from zj_utils.annotator import Verdict, compare
 
 
 def _answers(run: Path, model: str) -> dict:

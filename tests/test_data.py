@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from zj_utils.common import DATA_DIR
-from zj_utils.data import (FORMATS, DataError, load_cmtmedqa, load_dialogues, load_jsonl, load_messages_jsonl,
-                           load_ranking_input, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs,
-                           to_preference_records, validate, write_jsonl, write_ranking_input,
-                           write_ranking_output)
+from zj_utils.data import (FORMATS, DataError, load_cmtmedqa, load_dialogues, load_jsonl, load_messages_jsonl, validate,
+                           write_jsonl)
+from zj_utils.rankings import (load_ranking_input, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs,
+                               to_preference_records, write_ranking_input, write_ranking_output)
 
 CMT = DATA_DIR / "cmtmedqa" / "CMtMedQA_test.json"
 RANK_IN = DATA_DIR / "rlhf_label_tool" / "input_file.json"
@@ -293,9 +293,10 @@ def test_format_selection(tmp_path):
 @real
 def test_streaming_reader_matches_json_at_any_chunk_size(monkeypatch):
     import zj_utils.data as data
+    import zj_utils.readers as readers
     whole = load_cmtmedqa(CMT)
     for chunk in (7, 1000, 65536):  # items and multi-byte characters cut at every kind of boundary
-        monkeypatch.setattr(data, "CHUNK", chunk)
+        monkeypatch.setattr(readers, "CHUNK", chunk)
         assert load_cmtmedqa(CMT) == whole
     check = data.check(CMT)
     assert check == {"format": "cmtmedqa", "counts": {"multi_turn": 1000, "safety": 144}, "records": 1144,
@@ -303,11 +304,11 @@ def test_streaming_reader_matches_json_at_any_chunk_size(monkeypatch):
 
 
 def test_streaming_errors_at_chunk_boundaries(tmp_path, monkeypatch):
-    import zj_utils.data as data
+    import zj_utils.readers as readers
     text = json.dumps([MT, SAFE, MT], ensure_ascii=False, indent=2)
     p = tmp_path / "d.json"
     for chunk in (5, 64, 1 << 20):
-        monkeypatch.setattr(data, "CHUNK", chunk)
+        monkeypatch.setattr(readers, "CHUNK", chunk)
         for cut in (1, 40, len(text) // 2, len(text) - 3):
             p.write_text(text[:cut], encoding="utf-8")
             msg = _raises(p, "invalid JSON")

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from zj_utils.data import DataError, load_cmtmedqa, load_ranking_output, validate, write_ranking_output
+from zj_utils.data import DataError, load_cmtmedqa, validate
+from zj_utils.rankings import load_ranking_output, write_ranking_output
 
 
 def _cmt(history):

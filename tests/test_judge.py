@@ -3,8 +3,9 @@ between world and judge: the world's gold answers get the top verdict, its noisy
 import pytest
 
 from zj_utils import rubric as R
-from zj_utils.judge import assess, compare, rank_answers, recommends
-from zj_utils.world import WorldConfig, build_world, partner
+from zj_utils.annotator import assess, compare, rank_answers, recommends
+from zj_utils.world import WorldConfig, build_world
+from zj_utils.world_kg import partner
 
 
 @pytest.fixture(scope="module")

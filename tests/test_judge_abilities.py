@@ -7,7 +7,7 @@ derived by hand from the rubric (rubric.WEIGHTS: professionalism = 0.2 comprehen
 0.35 proactivity; safety = 0.25 accuracy + 0.6 safety + 0.15 ethics) and compared exactly."""
 import pytest
 
-from zj_utils.judge import assess
+from zj_utils.annotator import assess
 from zj_utils.world import WorldConfig, build_world
 
 

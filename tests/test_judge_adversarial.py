@@ -8,8 +8,9 @@ import re
 import pytest
 
 from zj_utils import rubric as R
-from zj_utils.judge import assess, compare
-from zj_utils.world import WorldConfig, build_world, partner
+from zj_utils.annotator import assess, compare
+from zj_utils.world import WorldConfig, build_world
+from zj_utils.world_kg import partner
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ import pytest
 
 from stub_chat_api import StubChatAPI, completion
 from zj_utils import rubric as R
+from zj_utils.annotator import assess, compare
+from zj_utils.api_judge import OpenAIChatJudge
 from zj_utils.cli import main
 from zj_utils.common import ZJError
 from zj_utils.compare import format_table, judge_pairs
-from zj_utils.judge import assess, compare
-from zj_utils.judges import (DIMS, LocalModelJudge, OpenAIChatJudge, RuleJudge, build_messages, combine_orders,
-                             estimate_prompt_tokens, estimate_tokens, parse_verdict)
+from zj_utils.judges import (DIMS, LocalModelJudge, RuleJudge, build_messages, combine_orders, estimate_prompt_tokens,
+                             estimate_tokens, parse_verdict)
 from zj_utils.world import WorldConfig, build_world, write_world
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"

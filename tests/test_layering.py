@@ -27,9 +27,11 @@ LAYER_NAMES = {
 LAYERS = {
     "config": 0, "rubric": 0, "stats": 0, "tokenizer": 0, "cleaning": 0,
     "common": 1, "presets": 1,
-    "data": 2, "ranking_store": 2, "fetch": 2, "plots": 2, "delta": 2, "estimate": 2, "export": 2, "notebook_html": 2,
+    "readers": 2, "rankings": 2, "data": 2, "ranking_store": 2, "fetch": 2, "plots": 2, "delta": 2, "estimate": 2,
+    "export": 2, "notebook_html": 2,
     "inference": 3, "training": 3,
-    "world": 4, "judge": 4, "judges": 4, "text_metrics": 4, "corpus_stats": 4, "reward_report": 4, "compare": 4,
+    "world_kg": 4, "world_dialogue": 4, "world": 4, "annotator": 4, "judges": 4, "api_judge": 4, "compare": 4,
+    "text_metrics": 4, "corpus_stats": 4, "reward_report": 4,
     "base_model": 5, "pretrain": 5, "sft": 5, "evaluate": 5, "lessons": 5,
     "reward": 6, "ppo": 6, "align": 6,
     "stages": 7,
@@ -197,7 +199,7 @@ def test_the_graph_sees_every_kind_of_import():
     """The checks above are only as good as the graph: imports inside functions and `from . import x` are in it."""
     graph = import_graph()
     assert "ppo" in graph["stages"]  # `from . import base_model, evaluate, ppo, ...` inside run_stage
-    assert "rubric" in graph["judge"]  # `from . import rubric as R`
+    assert "rubric" in graph["annotator"]  # `from . import rubric as R`
     assert "ranking_store" in graph["reward"]  # inside human_rankings
     assert "common" in graph["ppo"] and "reward" in graph["ppo"]
 

@@ -288,7 +288,7 @@ def test_fluency_deductions_by_flaw():
     one, so e.g. `logic -= 0.3` -> `+=` survived: readability still fell). Checked by hand: truncated -0.3 logic
     and -0.4 readability; leaked token -0.6 readability; absurd length -0.5 readability; self-contradiction -0.5
     logic; repetition: coherence - min(1, 0.4 + share of repeated 4-grams), checked from 8 4-grams on."""
-    from zj_utils.judge import _fluency
+    from zj_utils.annotator import _fluency
 
     def abilities(a, forbidden=None):
         return pytest.approx(_fluency(a, forbidden)[0])
@@ -400,7 +400,7 @@ def test_a_message_that_is_not_an_object_leaves_its_record_out(tmp_path):
 def test_disrespectful_wording_loses_the_ethics_ability():
     """An answer with a rubric.ETHICS_VIOLATIONS phrase scores ethics 0 and says why (mutants: the 0.0 -> 1.0,
     `ethics < 1` -> `<=` only changing the reason)."""
-    from zj_utils.judge import assess
+    from zj_utils.annotator import assess
     from zj_utils.world import WorldConfig, build_world
 
     kg = build_world(WorldConfig(), 0).kg

@@ -10,9 +10,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from zj_utils.cleaning import clean
-from zj_utils.data import (DataError, load_dialogues, load_ranking_input, load_ranking_output, ranked_texts_to_ranks,
-                           ranks_to_pairs, to_preference_records, write_jsonl, write_ranking_input,
-                           write_ranking_output)
+from zj_utils.data import DataError, load_dialogues, write_jsonl
+from zj_utils.rankings import (load_ranking_input, load_ranking_output, ranked_texts_to_ranks, ranks_to_pairs,
+                               to_preference_records, write_ranking_input, write_ranking_output)
 from zj_utils.reward import pair_report, rankings_to_pairs
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -140,7 +140,7 @@ def test_text_jsonl_and_plain_text_round_trip(records):
 
 
 # the same alphabet as every other format, "\r" included: a lone "\r" inside a text must be quoted by
-# data.write_ranking_output, or its reader ends the row there
+# rankings.write_ranking_output, or its reader ends the row there
 _tsv_chars = _chars
 tsv_text = st.text(_tsv_chars, min_size=1, max_size=30).map(str.strip).filter(bool)
 ranking = st.fixed_dictionaries({"id": ident, "history": st.lists(st.tuples(tsv_text, tsv_text), max_size=4),

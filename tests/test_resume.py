@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from stub_chat_api import StubChatAPI, verdict_reply
+from zj_utils.api_judge import OpenAIChatJudge
 from zj_utils.cli import main
-from zj_utils.judges import OpenAIChatJudge
 from zj_utils.pipeline import STAGES, run_stage
 from zj_utils.presets import get_preset
 

@@ -16,7 +16,7 @@ def world():
 
 
 def _ranked(world, sub, n=4):
-    from zj_utils.judge import rank_answers
+    from zj_utils.annotator import rank_answers
     out = []
     for g in [g for g in world.gold if g["file"] == "rank_prompts.jsonl" and g["sub"] == sub][:n]:
         answers = [g["gold"], g["flawed"] or "请到医院就诊。", ""]

@@ -200,7 +200,7 @@ def test_committed_notebooks_hold_no_outputs_and_no_keys():
 KEY_NOTEBOOK_CELLS = [
     "import logging, os\nlogging.basicConfig(level=logging.DEBUG, force=True)\n"
     "print('key in the kernel environment:', os.environ.get('OPENAI_API_KEY', '').startswith('sk-'))",
-    "from zj_utils.judges import make_judge\nfrom zj_utils.presets import get_preset\n"
+    "from zj_utils.compare import make_judge\nfrom zj_utils.presets import get_preset\n"
     "item = {'id': 't0', 'messages': [{'role': 'user', 'content': '发热'}], 'expect': {}}\n"
     "judge = make_judge('openai', model='stub', cache_path=None)\n"
     "print(judge.judge(item, 'A', 'B'), judge.stats, vars(judge))\nget_preset('smoke')",

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from zj_utils import rubric as R
+from zj_utils.annotator import assess
 from zj_utils.cli import main
 from zj_utils.common import ZJError
 from zj_utils.compare import judge_files, reference_metrics
 from zj_utils.data import DataError, load_cmtmedqa
 from zj_utils.evaluate import (TEST_SETS, auto_metrics, auto_metrics_markdown, judge_answers, load_test_items,
                                with_references)
-from zj_utils.judge import assess
 from zj_utils.text_metrics import (auto_metrics as text_auto_metrics, corpus_bleu, corpus_rouge_l, distinct_n,
                                    is_refusal, lcs_length, refusal_rate, rouge_l, sentence_bleu, tokenize)
 from zj_utils.world import FILES, WorldConfig, build_world, write_world

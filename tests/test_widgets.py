@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from zj_utils.common import ZJError
-from zj_utils.data import DataError, load_ranking_output, write_jsonl
+from zj_utils.data import DataError, write_jsonl
+from zj_utils.rankings import load_ranking_output
 from zj_utils.ranking_store import load_candidates, normalize_ranks, read_saved_rankings
 from zj_utils.reward import human_rankings, rankings_to_pairs
 from zj_utils.widgets import (ChatModel, ChatSession, ChatWidget, RankingSession, RankingWidget,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from zj_utils.world import FILES, MARKER, WorldConfig, all_names, build_world, load_world, partner, write_world
+from zj_utils.world import FILES, WorldConfig, build_world, load_world, write_world
+from zj_utils.world_kg import MARKER, all_names, partner
 
 SMALL = WorldConfig(n_diseases=8, passages_per_disease=3, n_general_texts=200, sft_single_per_disease=8,
                     sft_multiturn_per_disease=4, n_sft_nlp=16, n_sft_general=16, sft_safety_per_disease=3,

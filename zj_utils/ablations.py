@@ -104,7 +104,7 @@ def evaluate_model(model_path: str, preset, world: Path) -> dict:
 
 def item_vectors(result: dict, reference: dict | None) -> dict[str, np.ndarray]:
     """The 0/1 (or -1/0/+1) vector behind each metric, one entry per item, in a fixed item order."""
-    from .judge import Verdict, compare
+    from .annotator import Verdict, compare
 
     items = result["items"]
     vecs = {

@@ -74,7 +74,8 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
 
     from .common import begin_stage, count_params, load_model, load_tokenizer, merge_adapter, require, world_dir, \
         write_metrics
-    from .data import load_jsonl, to_preference_records
+    from .data import load_jsonl
+    from .rankings import to_preference_records
     from .config import LoraSpec
     from .reward import load_reward_model
     from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args

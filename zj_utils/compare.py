@@ -1,5 +1,6 @@
-"""`zj judge` and `zj generate`: pairwise comparison of two answer files on a test set, with any judge of
-zj_utils/judges.py, and answer generation with a local model.
+"""The back end of `zj judge` and `zj generate`: pairwise comparison of two answer files on a test set, with any
+judge of zj_utils/judges.py (`make_judge` makes one by its name: rule, openai, local), and answer generation with a
+local model.
 
 Answer files are JSONL, one `{"id", "answer"}` per test item, so answers from systems we cannot run here can be
 dropped in. Test files are any format `data.load_test_records` reads: the real CMtMedQA and Huatuo-26M test sets,
@@ -12,9 +13,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .api_judge import OpenAIChatJudge
 from .common import ZJError, read_json, write_json
-from .judges import DIMS, Judge, make_judge
+from .judges import DIMS, Judge, LocalModelJudge, RuleJudge
 from .stats import bootstrap_ci, win_tie_loss
+
+
+def make_judge(kind: str, kg: dict | None = None, model: str | None = None, **kwargs) -> Judge:
+    """`rule` (needs the world's kg), `openai` (needs a model name) or `local` (needs a model path)."""
+    if kind == "rule":
+        if kg is None:
+            raise ZJError("The rule judge needs the synthetic world: pass --world OUT/world.")
+        return RuleJudge(kg)
+    if kind == "openai":
+        if not model:
+            raise ZJError("The openai judge needs --model (e.g. gpt-4o).")
+        return OpenAIChatJudge(model, **kwargs)
+    if kind == "local":
+        if not model:
+            raise ZJError("The local judge needs --model PATH (a causal LM folder).")
+        return LocalModelJudge(model)
+    raise ZJError(f"Unknown judge '{kind}'. Known: rule, openai, local.")
 
 
 def _read_jsonl(path: str | Path, what: str) -> list[dict]:
@@ -292,8 +311,7 @@ def generate_answers(model_path: str, tests, out: str | Path, max_new_tokens: in
                      repetition_penalty: float = 1.0, dtype: str | None = None) -> int:
     """`zj generate`: greedy answers of a local model to every test item, written as {"id", "answer"} JSONL."""
     from .data import write_jsonl
-    from .inference import generate_chat
-    from .judges import load_causal_lm
+    from .inference import generate_chat, load_causal_lm
 
     items = load_tests(tests)
     model, tok = load_causal_lm(model_path, dtype)

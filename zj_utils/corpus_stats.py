@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .judge import asks_question
+from .annotator import asks_question
 
 
 def describe(dialogues: list[dict], tokenizer=None) -> dict:

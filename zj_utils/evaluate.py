@@ -62,7 +62,7 @@ def load_test_items(world: Path, max_items: int = -1, available: dict | None = N
 
 
 def judge_answers(items: list[dict], answers: list[str], kg: dict) -> list:
-    from .judge import assess
+    from .annotator import assess
 
     return [assess(a, it.get("expect", {}), kg) for it, a in zip(items, answers)]
 
@@ -220,7 +220,7 @@ def figures_markdown(figures: dict, final: str) -> str:
 def _eval_judge(cfg, kg: dict, d: Path):
     """The judge of `eval.judge`; the openai judge keeps its verdicts in OUT/eval/judge_cache.jsonl, so a rerun or
     a resumed run pays for none twice."""
-    from .judges import make_judge
+    from .compare import make_judge
 
     kwargs = {}
     if cfg.judge == "openai":

@@ -109,3 +109,23 @@ def generate_chat(model, tokenizer, conversations: list[list[dict]], max_new_tok
     tokenizer.padding_side = side
     model.train(was_training)
     return out
+
+
+def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False):
+    """Tokenizer + causal LM for inference (bfloat16 on a GPU, float32 on a CPU unless `dtype` says)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from .common import ZJError, load_model, load_tokenizer
+
+    p = Path(str(path)).expanduser()
+    if (p.is_absolute() or str(path).startswith((".", "~"))) and not p.exists():
+        raise ZJError(f"Model folder not found at {path}.")
+    dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    path = str(p) if p.exists() else str(path)
+    tok = load_tokenizer(path, trust_remote_code)
+    model = load_model(path, SimpleNamespace(dtype=dtype, trust_remote_code=trust_remote_code))
+    model.eval()
+    return model, tok

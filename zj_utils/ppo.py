@@ -718,7 +718,7 @@ def judge_probe_fn(reward_model, tokenizer, items: list[dict], kg: dict, max_new
     rule judge's mean safety / professionalism / fluency and unsafe rate. RM score rising while the judge's
     scores fall is over-optimisation of the reward model."""
     from .inference import generate_chat
-    from .judge import assess
+    from .annotator import assess
     from .reward import score_conversations
 
     convs = [it["messages"] for it in items]

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 
 from .common import ZJError
-from .data import N_RESPONSES, DataError, load_ranking_input
+from .data import DataError
+from .rankings import N_RESPONSES, load_ranking_input
 
 # --------------------------------------------------------------------------------------------- ranks
 

@@ -11,15 +11,16 @@ from pathlib import Path
 
 from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, load_for_inference, load_model,
                      load_tokenizer, merge_adapter, read_json, require, set_seed, world_dir, write_metrics)
-from .data import (load_jsonl, load_ranking_output, ranked_texts_to_ranks, to_preference_records,
-                   write_ranking_input, write_ranking_output)
+from .data import load_jsonl
+from .rankings import (load_ranking_output, ranked_texts_to_ranks, to_preference_records, write_ranking_input,
+                       write_ranking_output)
 from .reward_report import accuracy_report, comparisons, format_report
 
 
 def sample_and_rank(model, tokenizer, prompts: list[dict], kg: dict, cfg, seed: int) -> list[dict]:
     """4 sampled answers per prompt, ranked with ties by the rule-based annotator (1 = best)."""
     from .inference import generate_chat
-    from .judge import rank_answers
+    from .annotator import rank_answers
 
     convs = [p["messages"] for p in prompts]
     if cfg.temperatures:  # one candidate per temperature: variety from the sampler, as InstructGPT's from models

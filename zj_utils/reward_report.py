@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 from . import rubric as R
-from .judge import Verdict, assess
+from .annotator import Verdict, assess
 
 # a reason of the judge -> a flaw type; the first pattern that matches wins
 FLAW_TYPES: tuple[tuple[str, str], ...] = (

@@ -144,7 +144,7 @@ def distinct_n(answers: Iterable[str], n: int) -> float:
 
 
 def is_refusal(answer: str) -> bool:
-    """The rule judge's test (zj_utils.judge.assess: Verdict.refused), so both count the same answers."""
+    """The rule judge's test (zj_utils.annotator.assess: Verdict.refused), so both count the same answers."""
     return bool(answer) and any(m in answer for m in R.REFUSAL_MARKERS)
 
 

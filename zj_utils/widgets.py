@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import rubric as R
 from .common import ZJError
-from .data import N_RESPONSES, write_ranking_input, write_ranking_output
+from .rankings import N_RESPONSES, write_ranking_input, write_ranking_output
 from .ranking_store import RankingStore, load_candidates, normalize_ranks
 
 # --------------------------------------------------------------------------------------------- the rule
@@ -331,7 +331,7 @@ class ChatSession:
     def verdict(self, answer: str, expect: dict | None = None) -> dict:
         """The rule-based judge on one answer (needs the world's kg); free messages have no expectations, so
         only the checks that need none apply (fluency, refusals, template leaks)."""
-        from .judge import asks_question, assess
+        from .annotator import asks_question, assess
 
         v = {"asks_question": asks_question(answer)}
         if self.kg is None:
