@@ -1,0 +1,102 @@
+"""Several GPUs without surprises, checked on a CPU: each process on its own device (LOCAL_RANK), 4-bit weights
+stored in a float dtype where FSDP / ZeRO-3 shard them, only the main process writes, gradient checkpointing as a
+stage setting that the Trainer gets and `zj estimate` counts, and the 13B reward stage sized to fit 80 GB."""
+import json
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from zj_utils.cli import main
+from zj_utils.common import (begin_stage, bnb_config, device, is_main_process, load_model, weight_sharding,
+                             write_metrics)
+from zj_utils.config import LoraSpec, ModelConfig, PretrainConfig, QuantConfig
+from zj_utils.estimate import GIB, estimate
+from zj_utils.pipeline import ROOT
+from zj_utils.presets import get_preset
+from zj_utils.training import JsonlLogCallback, training_args
+
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED",
+              "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE")
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    """Each test starts as a plain process; it sets what a launcher would."""
+    for name in LAUNCH_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+# --------------------------------------------------------------------------- one device per process
+
+def test_device_is_this_processs_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert device() == torch.device("cpu")  # no GPU: the CPU, whatever the rank
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert device() == torch.device("cuda")  # one process: the current GPU, as before
+
+
+class _Loaded:
+    """What from_pretrained returns here: nothing to load, only the arguments it was called with."""
+
+    def __init__(self, kwargs):
+        self.kwargs = kwargs
+
+    def modules(self):
+        return []
+
+
+def _load_kwargs(monkeypatch, quant=QuantConfig(compute_dtype="bfloat16")) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(lambda cls, path, **kw: _Loaded(kw)))
+    return load_model("org/model", ModelConfig(dtype="bfloat16"), quant).kwargs
+
+
+def test_a_quantised_model_loads_onto_the_gpu_of_its_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("RANK", "6")  # second machine: the global rank is not the device
+    assert _load_kwargs(monkeypatch)["device_map"] == {"": 2}
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("RANK")
+    assert _load_kwargs(monkeypatch)["device_map"] == {"": 0}  # one process: cuda:0 as before
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _load_kwargs(monkeypatch)["device_map"] == "cpu"
+
+
+def test_under_zero3_the_device_is_set_instead_of_a_device_map(monkeypatch):
+    """transformers refuses a device_map under ZeRO-3; bitsandbytes then loads onto the current device."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    kwargs = _load_kwargs(monkeypatch)
+    assert "device_map" not in kwargs and chosen == [torch.device("cuda", 1)]
+    assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- 4-bit storage under FSDP / ZeRO-3
+
+@pytest.mark.parametrize("env, sharded", [
+    ({}, None),
+    ({"ACCELERATE_USE_FSDP": "true"}, "fsdp"),
+    ({"ACCELERATE_USE_FSDP": "false"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "zero3"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "configs/deepspeed/zero3.json"}, "zero3"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "configs/deepspeed/zero2.json"}, None),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, None),  # a stage without DeepSpeed on means nothing
+])
+def test_4bit_weights_are_stored_in_the_compute_dtype_only_where_they_are_sharded(monkeypatch, env, sharded):
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(ROOT / value) if value.endswith(".json") else value)
+    assert weight_sharding() == sharded
+    cfg = bnb_config(QuantConfig(compute_dtype="bfloat16"))
+    assert cfg.bnb_4bit_quant_storage == (torch.bfloat16 if sharded else torch.uint8)
+    assert cfg.bnb_4bit_compute_dtype == torch.bfloat16 and cfg.bnb_4bit_quant_type == "nf4"
