@@ -100,3 +100,33 @@ def test_4bit_weights_are_stored_in_the_compute_dtype_only_where_they_are_sharde
     cfg = bnb_config(QuantConfig(compute_dtype="bfloat16"))
     assert cfg.bnb_4bit_quant_storage == (torch.bfloat16 if sharded else torch.uint8)
     assert cfg.bnb_4bit_compute_dtype == torch.bfloat16 and cfg.bnb_4bit_quant_type == "nf4"
+
+
+# --------------------------------------------------------------------------- only the main process writes
+
+def test_is_main_process_reads_the_launchers_rank(monkeypatch):
+    assert is_main_process()
+    monkeypatch.setenv("RANK", "0")
+    assert is_main_process()
+    monkeypatch.setenv("RANK", "1")
+    assert not is_main_process()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_non_main_rank_writes_nothing(monkeypatch, tmp_path, rank):
+    """begin_stage, write_metrics, the reward stage's rankings and the Trainer log as rank 1 of a launch: the stage
+    folder exists (every rank may create it) and stays empty. As rank 0, every file is there."""
+    from zj_utils.reward import write_rankings
+
+    monkeypatch.setenv("RANK", rank)
+    d, _ = begin_stage("rm", get_preset("smoke"), tmp_path, 0, rm=get_preset("smoke").rm)
+    write_rankings(d, [{"id": "p1", "messages": [{"role": "user", "content": "q"}], "responses": ["a", "b", "c", "d"],
+                        "ranks": [1, 2, 2, 3], "annotator": "rule"}])
+    JsonlLogCallback(d / "log.jsonl")
+    assert write_metrics(d, {"x": 1}, {"seconds": 0.0}) == {"x": 1}  # every rank gets the metrics back
+    written = sorted(p.name for p in d.iterdir())
+    if rank == "1":
+        assert d.is_dir() and written == []
+    else:
+        assert written == ["config.json", "log.jsonl", "metrics.json", "ranking_input.json", "ranking_output.tsv",
+                           "rankings.jsonl", "timings.json"]

@@ -171,20 +171,26 @@ def begin_stage(stage: str, preset, out: str | Path, seed: int, resume: bool = F
             changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
             raise ZJError(f"Cannot resume {d}: its config.json differs from this run's in {', '.join(changed)}. "
                           "Resume with the same preset, seed and --set overrides, or run without --resume.")
-    if not resume:
-        # A fresh start over a finished stage: its results no longer describe the folder once the new config.json
-        # is written, so the stage is marked unfinished until the new run writes its own (stage_done reads them).
-        for name in ("metrics.json", "timings.json"):
-            (d / name).unlink(missing_ok=True)
-    write_json(d / "config.json", cfg)
+    if is_main_process():  # under torchrun / accelerate launch the other ranks would write the same bytes
+        if not resume:
+            # A fresh start over a finished stage: its results no longer describe the folder once the new
+            # config.json is written, so the stage is marked unfinished until the new run writes its own (stage_done
+            # reads them).
+            for name in ("metrics.json", "timings.json"):
+                (d / name).unlink(missing_ok=True)
+        write_json(d / "config.json", cfg)
     return d, timer
 
 
 def write_metrics(d: str | Path, metrics: dict, timings: dict) -> dict:
     """OUT/<stage>/metrics.json holds results only, so that the same preset and seed give the same bytes;
-    everything that depends on the wall clock (seconds, tokens/s) goes to OUT/<stage>/timings.json."""
-    write_json(Path(d) / "timings.json", timings)
-    write_json(Path(d) / "metrics.json", metrics)
+    everything that depends on the wall clock (seconds, tokens/s) goes to OUT/<stage>/timings.json.
+    Every stage ends here: under several processes the main one writes, and all wait for it (`wait_for_everyone`),
+    so that whatever runs next, in any process, finds the stage's files complete."""
+    if is_main_process():
+        write_json(Path(d) / "timings.json", timings)
+        write_json(Path(d) / "metrics.json", metrics)
+    wait_for_everyone()
     return metrics
 
 

@@ -17,6 +17,8 @@ class JsonlLogCallback(TrainerCallback):
     Resuming from the checkpoint of step N keeps the lines up to step N, so the log reads as one run."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
+        from .common import is_main_process
+
         self.path = Path(path)
         kept = []
         if resume_step is not None and self.path.exists():
@@ -26,7 +28,8 @@ class JsonlLogCallback(TrainerCallback):
                         kept.append(line + "\n")
                 except json.JSONDecodeError:  # the last line of a killed run may be cut short
                     pass
-        self.path.write_text("".join(kept), encoding="utf-8")
+        if is_main_process():  # under DDP the other ranks write nothing (on_log: the Trainer's world process zero)
+            self.path.write_text("".join(kept), encoding="utf-8")
         self._t, self._tokens = time.perf_counter(), 0
 
     def on_train_begin(self, args, state, control, **kwargs):
