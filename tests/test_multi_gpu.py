@@ -130,3 +130,82 @@ def test_a_non_main_rank_writes_nothing(monkeypatch, tmp_path, rank):
     else:
         assert written == ["config.json", "log.jsonl", "metrics.json", "ranking_input.json", "ranking_output.tsv",
                            "rankings.jsonl", "timings.json"]
+
+
+# --------------------------------------------------------------------------- gradient checkpointing
+
+def _acts(est) -> float:
+    """Activations and the loss head: the parts checkpointing changes."""
+    return sum(v for n, v, _ in est.parts if n.startswith(("activations", "loss head")))
+
+
+@pytest.mark.parametrize("preset, stage", [("tiny", "sft"), ("tiny", "pretrain"), ("zhongjing-13b", "rm"),
+                                           ("qwen2.5-0.5b", "rm")])
+def test_estimate_counts_activations_as_the_stage_checkpoints(preset, stage):
+    off = estimate(get_preset(preset, [f"{stage}.gradient_checkpointing=false"]), stage)
+    on = estimate(get_preset(preset, [f"{stage}.gradient_checkpointing=true"]), stage)
+    assert (off.gradient_checkpointing, on.gradient_checkpointing) == (False, True)
+    assert _acts(on) < _acts(off) and on.total < off.total
+    # with checkpointing: every layer's input (L x h, fp32) plus one layer or the loss head, per token
+    names = {n for n, _, _ in on.parts}
+    assert {"activations (kept layer inputs)", "activations (1 layer recomputed or loss head)"} <= names
+    # an explicit argument (the benchmarks) still wins over the field
+    assert estimate(get_preset(preset, [f"{stage}.gradient_checkpointing=true"]), stage, gradient_checkpointing=False
+                    ).total == off.total
+
+
+def test_cli_flag_sets_the_stages_field_and_ppo_has_none(capsys):
+    def total(*args):
+        assert main(["estimate", "--preset", "zhongjing-13b", "--json", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    on, off = total("--stage", "rm", "--gradient-checkpointing"), total("--stage", "rm", "--no-gradient-checkpointing")
+    assert on["gradient_checkpointing"] and not off["gradient_checkpointing"]
+    assert off["total_bytes"] > on["total_bytes"]
+    assert total("--stage", "rm", "--set", "rm.gradient_checkpointing=false") == off
+    assert total("--stage", "rm", "--set", "rm.gradient_checkpointing=true") == on
+    assert main(["estimate", "--preset", "zhongjing-13b", "--stage", "ppo", "--gradient-checkpointing"]) == 2
+    assert "our PPO has no gradient checkpointing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_the_field_reaches_the_trainer_arguments(tmp_path, on):
+    from trl import RewardConfig
+
+    from zj_utils.sft import sft_training_args
+
+    preset = get_preset("smoke", [f"pretrain.gradient_checkpointing={str(on).lower()}",
+                                  f"sft.gradient_checkpointing={str(on).lower()}"])
+    for args in (training_args(TrainingArguments, preset.pretrain, tmp_path, 0, preset),
+                 sft_training_args(preset, tmp_path, 0),
+                 training_args(RewardConfig, get_preset("smoke", [f"rm.gradient_checkpointing={str(on).lower()}"]).rm,
+                               tmp_path, 0, preset, max_length=None)):
+        assert args.gradient_checkpointing is on
+        assert (args.gradient_checkpointing_kwargs or {}).get("use_reentrant") is (False if on else None)
+
+
+def test_a_checkpointed_qlora_step_in_the_trainer_reaches_the_first_layer(tmp_path):
+    """The Trainer switches checkpointing on in the model's decoder layers from our arguments, and the non-reentrant
+    checkpoints still send a gradient to the LoRA weights of the first layer under a frozen nf4 base."""
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, default_data_collator
+
+    from zj_utils.training import prepare_qlora
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "base")
+    model = prepare_qlora(load_model(str(tmp_path / "base"), ModelConfig(), QuantConfig()),
+                          LoraSpec(r=4, alpha=8, dropout=0.0), quantized=True)
+    stage = PretrainConfig(batch_size=2, max_steps=1, learning_rate=1e-2, warmup_ratio=0.0, save_every=0,
+                           gradient_checkpointing=True)
+    ids = torch.randint(0, 128, (2, 16)).tolist()
+    trainer = Trainer(model=model, args=training_args(TrainingArguments, stage, tmp_path, 0, get_preset("tiny")),
+                      train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
+                      data_collator=default_data_collator)
+    trainer.train()
+    layers = model.base_model.model.model.layers
+    assert all(layer.gradient_checkpointing for layer in layers)
+    first = layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert first.abs().sum() > 0  # lora_B starts at zero: one step moved it
