@@ -70,10 +70,11 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
     """Align OUT/sft/merged with `method` (dpo, grpo or rloo) from TRL; writes OUT/align_<method>/."""
     if method not in METHODS:
         raise ZJError(f"Unknown alignment method '{method}'. Known: {', '.join(METHODS)}.")
+    from accelerate import PartialState
     from datasets import Dataset
 
-    from .common import begin_stage, count_params, load_model, load_tokenizer, merge_adapter, require, world_dir, \
-        write_metrics
+    from .common import begin_stage, count_params, is_main_process, load_model, load_tokenizer, merge_adapter, \
+        require, world_dir, write_metrics
     from .data import load_jsonl
     from .rankings import to_preference_records
     from .config import LoraSpec
@@ -81,8 +82,10 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
     from .training import JsonlLogCallback, prepare_qlora, restore_adapter_dtype, training_args
 
     cfg = preset.align
-    d, timer = begin_stage(f"align_{method}", preset, out, seed, method=method, align=cfg, model=preset.model,
-                           quant=preset.quant)
+    # Under torchrun / accelerate launch: join the process group now; the main process writes, the others wait
+    with PartialState().main_process_first():
+        d, timer = begin_stage(f"align_{method}", preset, out, seed, method=method, align=cfg, model=preset.model,
+                               quant=preset.quant)
     world = world_dir(out)
     sft_path = str(require(Path(out) / "sft" / "merged", "The SFT model", "Run `zj sft` first, with the same --out."))
     tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
@@ -135,9 +138,10 @@ def run_align(preset, out: str | Path, seed: int = 0, method: str = "grpo") -> d
     restore_adapter_dtype(trainer.model, preset)
     result = trainer.train()
     model = trainer.model
-    # TRL may add a frozen "ref" copy of the adapter; only the trained one is the result
-    model.save_pretrained(str(d / "adapter"), selected_adapters=["default"])
-    merge_adapter(sft_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
+    if is_main_process():  # every rank holds the same adapter
+        # TRL may add a frozen "ref" copy of the adapter; only the trained one is the result
+        model.save_pretrained(str(d / "adapter"), selected_adapters=["default"])
+        merge_adapter(sft_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {"method": method, **info, "steps": result.global_step, "train_loss": round(result.training_loss, 4),
                "trainable_params": count_params(model)["trainable"], **_log_summary(trainer.state.log_history)}
     timings = {"train_seconds": round(result.metrics.get("train_runtime", float("nan")), 2), "seconds": timer()}

@@ -8,7 +8,7 @@
     zj reproduce --preset tiny --ablations --seeds 3   # the paper's ablations over seeds, with intervals
     zj presets                            # what the presets are
     zj render-notebooks runs/tiny-seed0 --to docs/notebooks   # executed notebooks -> HTML pages
-    zj estimate --preset qwen2.5-0.5b --stage ppo [--gradient-checkpointing]   # predicted peak memory by part
+    zj estimate --preset qwen2.5-0.5b --stage sft [--[no-]gradient-checkpointing]   # predicted peak memory by part
     zj judge A.jsonl B.jsonl --tests TESTS.jsonl [--judge rule|openai|local] [--world OUT/world] [--model NAME]
              [--concurrency N] [--dry-run] [--max-items N]
     zj generate --model PATH --tests TESTS.jsonl --out answers.jsonl
@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a preset field, e.g. --set sft.batch_size=2 (repeatable)")
     p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
                    help="gpu: CUDA with the preset's dtypes (default); cpu: RAM, as bench_memory.py measures it")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="activations with checkpointing per layer")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="count activations with (or without) checkpointing per layer: the same as --set "
+                        "STAGE.gradient_checkpointing=true|false (default: the stage's setting; our PPO has none)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     from .data import FORMATS
     from .fetch import DATASETS
@@ -235,7 +237,13 @@ def _dispatch(args) -> int:
     if args.command == "estimate":
         from .estimate import estimate, format_table
 
-        est = estimate(get_preset(args.preset, args.overrides), args.stage, args.device, args.gradient_checkpointing)
+        overrides = list(args.overrides)
+        if args.gradient_checkpointing is not None:  # the stage's own field, so that estimate reads what runs
+            if args.stage == "ppo":
+                raise ZJError("our PPO has no gradient checkpointing (its policy stays in eval mode, where HF's "
+                              "checkpointing does nothing): lower ppo.mini_batch_size to save activations")
+            overrides.append(f"{args.stage}.gradient_checkpointing={str(args.gradient_checkpointing).lower()}")
+        est = estimate(get_preset(args.preset, overrides), args.stage, args.device)
         print(json.dumps(est.as_dict(), indent=2) if args.json else format_table(est), end="" if not args.json else "\n")
         return 0
     if args.command == "render-notebooks":

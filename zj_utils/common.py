@@ -45,6 +45,67 @@ def cpu_threads() -> int:
     return max(1, min(os.cpu_count() or 1, int(os.environ.get("ZJ_THREADS", os.cpu_count() or 1))))
 
 
+# --------------------------------------------------------------------------- several processes
+
+def _dist():
+    """torch.distributed when a process group is up (torchrun / accelerate launch, once PartialState() or the
+    Trainer joined it), else None. torch is looked up, not imported: no process group exists without it, and
+    the CLI's light commands stay light."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    dist = torch.distributed
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def is_main_process() -> bool:
+    """True in the one process that writes files: global rank 0 of the process group; without one, the RANK
+    torchrun / accelerate launch set (a process that has not joined yet); a plain single process."""
+    dist = _dist()
+    if dist is not None:
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK") or 0) == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the process group (nothing without one): ranks that read what the main process wrote
+    wait here until it is written."""
+    dist = _dist()
+    if dist is not None and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def local_rank() -> int | None:
+    """This process's index among those on its machine, as torchrun and accelerate launch set it (LOCAL_RANK);
+    None in a plain single process."""
+    v = os.environ.get("LOCAL_RANK", "").strip()
+    return int(v) if v else None
+
+
+def weight_sharding() -> str | None:
+    """"fsdp" or "zero3" when accelerate launch runs FSDP or DeepSpeed ZeRO-3, which shard the model's parameters
+    over the processes; None otherwise (one process, DDP, ZeRO-1/2: a whole copy per process). Read from the
+    environment accelerate launch sets: ACCELERATE_USE_FSDP; ACCELERATE_USE_DEEPSPEED with
+    ACCELERATE_DEEPSPEED_ZERO_STAGE, or else the zero stage of the JSON named by ACCELERATE_DEEPSPEED_CONFIG_FILE."""
+    env = os.environ
+    on = lambda name: env.get(name, "").strip().lower() in ("1", "true", "yes", "y", "on")
+    if on("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    if not on("ACCELERATE_USE_DEEPSPEED"):
+        return None
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip()
+    if not stage and env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        path = env["ACCELERATE_DEEPSPEED_CONFIG_FILE"]
+        try:
+            stage = str(read_json(path).get("zero_optimization", {}).get("stage", ""))
+        except (OSError, ValueError) as e:
+            raise ZJError(f"ACCELERATE_DEEPSPEED_CONFIG_FILE={path}: cannot read its zero_optimization.stage "
+                          f"({type(e).__name__}: {e})") from e
+    return "zero3" if stage == "3" else None
+
+
 def stage_dir(out: str | Path, stage: str) -> Path:
     d = Path(out) / stage
     d.mkdir(parents=True, exist_ok=True)
@@ -110,20 +171,26 @@ def begin_stage(stage: str, preset, out: str | Path, seed: int, resume: bool = F
             changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
             raise ZJError(f"Cannot resume {d}: its config.json differs from this run's in {', '.join(changed)}. "
                           "Resume with the same preset, seed and --set overrides, or run without --resume.")
-    if not resume:
-        # A fresh start over a finished stage: its results no longer describe the folder once the new config.json
-        # is written, so the stage is marked unfinished until the new run writes its own (stage_done reads them).
-        for name in ("metrics.json", "timings.json"):
-            (d / name).unlink(missing_ok=True)
-    write_json(d / "config.json", cfg)
+    if is_main_process():  # under torchrun / accelerate launch the other ranks would write the same bytes
+        if not resume:
+            # A fresh start over a finished stage: its results no longer describe the folder once the new
+            # config.json is written, so the stage is marked unfinished until the new run writes its own (stage_done
+            # reads them).
+            for name in ("metrics.json", "timings.json"):
+                (d / name).unlink(missing_ok=True)
+        write_json(d / "config.json", cfg)
     return d, timer
 
 
 def write_metrics(d: str | Path, metrics: dict, timings: dict) -> dict:
     """OUT/<stage>/metrics.json holds results only, so that the same preset and seed give the same bytes;
-    everything that depends on the wall clock (seconds, tokens/s) goes to OUT/<stage>/timings.json."""
-    write_json(Path(d) / "timings.json", timings)
-    write_json(Path(d) / "metrics.json", metrics)
+    everything that depends on the wall clock (seconds, tokens/s) goes to OUT/<stage>/timings.json.
+    Every stage ends here: under several processes the main one writes, and all wait for it (`wait_for_everyone`),
+    so that whatever runs next, in any process, finds the stage's files complete."""
+    if is_main_process():
+        write_json(Path(d) / "timings.json", timings)
+        write_json(Path(d) / "metrics.json", metrics)
+    wait_for_everyone()
     return metrics
 
 
@@ -190,14 +257,19 @@ def _hub_error(name: str, err: Exception) -> ZJError:
 
 
 def bnb_config(quant) -> Any:
+    """nf4 + double quantisation. Under FSDP or ZeRO-3 (`weight_sharding`) the packed 4-bit weights are stored in
+    the compute dtype instead of uint8 (`bnb_4bit_quant_storage`): those engines shard float parameters only, and
+    flatten parameters of one dtype (so model.dtype should then equal quant.compute_dtype, as in the GPU presets)."""
     import torch
     from transformers import BitsAndBytesConfig
 
+    compute = getattr(torch, quant.compute_dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype),
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=compute if weight_sharding() else None,  # None: bitsandbytes' uint8
     )
 
 
@@ -252,7 +324,13 @@ def load_model(path: str, model_cfg, quant=None, kind: str = "causal", num_label
         kwargs["num_labels"] = num_labels
     if quant is not None and quant.load_in_4bit:
         kwargs["quantization_config"] = bnb_config(quant)
-        kwargs["device_map"] = {"": "cuda:0"} if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            kwargs["device_map"] = "cpu"
+        elif weight_sharding() == "zero3":
+            # transformers refuses a device_map under ZeRO-3; bitsandbytes then quantises onto the current device
+            torch.cuda.set_device(device())
+        else:
+            kwargs["device_map"] = {"": device().index or 0}  # this process's GPU, not cuda:0 on every rank
     _check_local(path)
     try:
         model = cls.from_pretrained(path, **kwargs)
@@ -286,9 +364,14 @@ def load_for_inference(path: str, preset, kind: str = "causal"):
 
 
 def device():
+    """This process's device: its own GPU, cuda:LOCAL_RANK, under torchrun / accelerate launch (one GPU per
+    process); cuda (the current one) in a single process; the CPU without CUDA."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    rank = local_rank()
+    return torch.device("cuda", rank) if rank is not None else torch.device("cuda")
 
 
 def lora_config(spec, task_type: str = "CAUSAL_LM"):

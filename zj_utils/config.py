@@ -82,6 +82,9 @@ class PretrainConfig:
     warmup_ratio: float = 0.05
     max_texts: int = -1
     save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj pretrain --resume` continues from it
+    # HF's gradient checkpointing per decoder layer (non-reentrant): keep each layer's input only and recompute the
+    # layer in backward, ~1/3 more compute for far fewer activations; `zj estimate` counts what it saves
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -98,6 +101,7 @@ class SFTStageConfig:
     grad_accum: int = 1
     max_length: int = 256
     save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj sft --resume` continues from it
+    gradient_checkpointing: bool = False  # as pretrain.gradient_checkpointing
     # TRL's best-fit-decreasing packing, padding-free: dialogues share rows, attention stays inside each dialogue
     # (position_ids) and the loss stays on doctor turns. Off by default: it changes the steps per epoch, and on
     # CPU/SDPA it buys little (docs/SCALING.md has the figures).
@@ -124,9 +128,11 @@ class RMStageConfig:
     lora: LoraSpec = field(default_factory=lambda: LoraSpec(r=16, alpha=32, modules_to_save=["score"]))
     learning_rate: float = 1e-3
     epochs: float = 3.0
-    batch_size: int = 16
+    batch_size: int = 16  # pairs per micro-batch and process (chosen and rejected go through together)
+    grad_accum: int = 1  # micro-batches per optimizer step: pairs per step = batch_size x grad_accum x processes
     max_length: int = 320
     save_every: int = 100  # checkpoint every N optimizer steps (0: never); `zj rm --resume` continues from it
+    gradient_checkpointing: bool = False  # as pretrain.gradient_checkpointing
 
 
 @dataclass

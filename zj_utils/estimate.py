@@ -280,10 +280,18 @@ def _optimizer(est: Estimate, n_train: int, tb: int) -> None:
     est.add("AdamW states", 2 * n_train * tb, "exp_avg and exp_avg_sq, in the parameters' dtype")
 
 
-def estimate(preset, stage: str, device: str = "gpu", gradient_checkpointing: bool = False,
+def stage_checkpointing(preset, stage: str) -> bool:
+    """What the stage's training does: its `gradient_checkpointing` field (pretrain, sft, rm). Our PPO has none: its
+    policy stays in eval mode, where HF's checkpointing does nothing."""
+    return bool(getattr(getattr(preset, stage, None), "gradient_checkpointing", False))
+
+
+def estimate(preset, stage: str, device: str = "gpu", gradient_checkpointing: bool | None = None,
              shape: ModelShape | None = None) -> Estimate:
     """Predicted peak memory of `stage` under `preset` on one device ("gpu": CUDA, bf16 where the preset says;
-    "cpu": the same recipe in this machine's RAM, as bench_memory.py measures it)."""
+    "cpu": the same recipe in this machine's RAM, as bench_memory.py measures it). Gradient checkpointing as the
+    stage's config says (`stage_checkpointing`), unless `gradient_checkpointing` is given (the benchmarks, which
+    switch it on the model themselves)."""
     if stage not in STAGES:
         raise ZJError(f"Unknown stage '{stage}' for estimate. Known: {', '.join(STAGES)}")
     if device not in ("gpu", "cpu"):
@@ -291,8 +299,8 @@ def estimate(preset, stage: str, device: str = "gpu", gradient_checkpointing: bo
     shape = shape or model_shape(preset)
     q = preset.quant
     b = act_bytes(q.compute_dtype if q.load_in_4bit else preset.model.dtype, device)
-    est = Estimate(preset.name, stage, device, gradient_checkpointing, shape)
-    gc = gradient_checkpointing
+    gc = stage_checkpointing(preset, stage) if gradient_checkpointing is None else bool(gradient_checkpointing)
+    est = Estimate(preset.name, stage, device, gc, shape)
 
     if stage in ("pretrain", "sft", "rm"):
         cfg = getattr(preset, stage)
@@ -319,9 +327,12 @@ def estimate(preset, stage: str, device: str = "gpu", gradient_checkpointing: bo
             "the largest projection dequantised for its matmul (forward or backward), and its cast")
     if device == "gpu":
         est.add("CUDA context (outside torch's counters)", CUDA_CONTEXT_BYTES, "typical; measure with nvidia-smi")
-    if not gc:
-        est.notes.append("gradient checkpointing off (the training code's default); --gradient-checkpointing "
-                         "shows the saving")
+    if stage == "ppo":
+        if gc:
+            est.notes.append("gradient checkpointing counted, but our PPO does not checkpoint (eval-mode policy)")
+    elif not gc:
+        est.notes.append(f"gradient checkpointing off ({stage}.gradient_checkpointing=false); "
+                         f"--set {stage}.gradient_checkpointing=true shows the saving")
     return est
 
 

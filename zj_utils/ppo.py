@@ -789,4 +789,4 @@ def run_ppo(preset, out, seed: int = 0, resume: bool = False) -> dict:
         "heldout_score_before": before, "heldout_score_after": after}
     # wall-clock times apart, so that metrics.json is the same bytes for the same preset and seed
     timings = {"seconds": timer(), "train_seconds": round(summary["total_seconds"], 2)}
-    return write_metrics(d, metrics, timings) if state.is_main_process else metrics
+    return write_metrics(d, metrics, timings)  # the main process writes; every rank waits for it there

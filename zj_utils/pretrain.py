@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (begin_stage, count_params, load_model, load_tokenizer, merge_adapter, read_json,
+from .common import (begin_stage, count_params, is_main_process, load_model, load_tokenizer, merge_adapter, read_json,
                      resolve_model_path, world_dir, write_json, write_metrics)
 from .data import load_jsonl
 
 
 def run_pretrain(preset, out: str | Path, seed: int = 0, resume: bool = False) -> dict:
+    from accelerate import PartialState
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -22,7 +23,10 @@ def run_pretrain(preset, out: str | Path, seed: int = 0, resume: bool = False) -
                            train_resumable, training_args)
 
     cfg = preset.pretrain
-    d, timer = begin_stage("pretrain", preset, out, seed, resume, pretrain=cfg, model=preset.model, quant=preset.quant)
+    # Under torchrun / accelerate launch: join the process group now; the main process writes, the others wait
+    with PartialState().main_process_first():
+        d, timer = begin_stage("pretrain", preset, out, seed, resume, pretrain=cfg, model=preset.model,
+                               quant=preset.quant)
     world = world_dir(out)
     all_texts = [r["text"] for r in load_jsonl(world / "pretrain_train.jsonl")]
     texts = all_texts[:cfg.max_texts] if cfg.max_texts > 0 else all_texts
@@ -38,7 +42,8 @@ def run_pretrain(preset, out: str | Path, seed: int = 0, resume: bool = False) -
     else:
         before = {"heldout_ppl": perplexity(model, tokenizer, heldout, max_length=cfg.block_size),
                   "probes": probe_accuracy(model, tokenizer, probes)}
-        write_json(d / "before.json", before)
+        if is_main_process():
+            write_json(d / "before.json", before)
 
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     # Epochs are unrolled into the packing (a new document order each), so the Trainer makes one pass.
@@ -58,8 +63,9 @@ def run_pretrain(preset, out: str | Path, seed: int = 0, resume: bool = False) -
     after = {"heldout_ppl": perplexity(model, tokenizer, heldout, max_length=cfg.block_size),
              "probes": probe_accuracy(model, tokenizer, probes)}
 
-    model.save_pretrained(d / "adapter", safe_serialization=True)
-    merge_adapter(base_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
+    if is_main_process():  # every rank holds the same adapter
+        model.save_pretrained(d / "adapter", safe_serialization=True)
+        merge_adapter(base_path, d / "adapter", d / "merged", preset.model, tokenizer=tokenizer)
     metrics = {
         "texts_in": len(all_texts), "train_texts": len(texts),
         "dropped": {"over_max_texts": len(all_texts) - len(texts)},  # pretrain.max_texts

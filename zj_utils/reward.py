@@ -9,8 +9,9 @@ import json
 import random
 from pathlib import Path
 
-from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, load_for_inference, load_model,
-                     load_tokenizer, merge_adapter, read_json, require, set_seed, world_dir, write_metrics)
+from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, is_main_process, load_for_inference,
+                     load_model, load_tokenizer, merge_adapter, read_json, require, set_seed, wait_for_everyone,
+                     world_dir, write_metrics)
 from .data import load_jsonl
 from .rankings import (load_ranking_output, ranked_texts_to_ranks, to_preference_records, write_ranking_input,
                        write_ranking_output)
@@ -203,14 +204,17 @@ def pairwise_accuracy(model, tokenizer, pairs: list[dict], batch_size: int = 16)
 
 def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | None = None,
            resume: bool = False) -> dict:
+    from accelerate import PartialState
     from trl import RewardConfig, RewardTrainer
 
     from .training import (AtomicCheckpointCallback, BestOnDevCallback, JsonlLogCallback, mean_train_loss,
                            prepare_qlora, restore_adapter_dtype, resume_step, train_resumable, training_args)
 
     cfg = preset.rm
-    d, timer = begin_stage("rm", preset, out, seed, resume, rm=cfg, extra_rankings=extra_rankings or [],
-                           model=preset.model, quant=preset.quant)
+    # Under torchrun / accelerate launch: join the process group now; the main process writes, the others wait
+    with PartialState().main_process_first():
+        d, timer = begin_stage("rm", preset, out, seed, resume, rm=cfg, extra_rankings=extra_rankings or [],
+                               model=preset.model, quant=preset.quant)
     world = world_dir(out)
     kg = read_json(world / "world.json")
     prompts = load_jsonl(world / "rank_prompts.jsonl")
@@ -221,21 +225,22 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     tokenizer = load_tokenizer(sft_path, preset.model.trust_remote_code)
     sampled_path = d / "sampled_rankings.jsonl"
     read_back = resume and sampled_path.exists()
+    wait_for_everyone()  # under several processes: every rank has looked before the main one writes the file
     if read_back:  # written atomically once sampling was done: never sample twice
         rankings = load_jsonl(sampled_path)
     else:
-        policy = load_for_inference(sft_path, preset)
-        rankings = sample_and_rank(policy, tokenizer, prompts, kg, cfg, seed)
-        del policy
-        atomic_write_jsonl(sampled_path, rankings)
+        # one process samples and the others read its answers back: every rank must train on the same pairs
+        if is_main_process():
+            policy = load_for_inference(sft_path, preset)
+            rankings = sample_and_rank(policy, tokenizer, prompts, kg, cfg, seed)
+            del policy
+            atomic_write_jsonl(sampled_path, rankings)
+        wait_for_everyone()
+        if not is_main_process():
+            rankings = load_jsonl(sampled_path)
     for path in extra_rankings or []:
         rankings += human_rankings(path)
-    atomic_write_jsonl(d / "rankings.jsonl", rankings)
-    # The ranking tool's formats: its input (prompt + 4 answers) and its output (answers best to worst).
-    write_ranking_input(d / "ranking_input.json", rankings)
-    write_ranking_output(d / "ranking_output.tsv", [
-        {"id": r["id"], "messages": r["messages"],
-         "ranked": [t for _, t in sorted(zip(r["ranks"], r["responses"]), key=lambda x: x[0])]} for r in rankings])
+    write_rankings(d, rankings)
 
     # Three splits by prompt: train, dev (picks the stopping point) and test (reported, never used to choose).
     dev_ids, test_ids = split_by_prompt(rankings, cfg.dev_fraction, seed, cfg.test_fraction)
@@ -273,15 +278,16 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
                                        AtomicCheckpointCallback()] + ([stopper] if stopper else []))
     restore_adapter_dtype(trainer.model, preset)
     result = train_resumable(trainer, d, resume)
+    wait_for_everyone()  # the best weights on dev are written by the main process
     best = stopper.restore(trainer.model) if stopper else None
     after_dev = pairwise_accuracy(rm, tokenizer, dev_pairs)
     after_test = pairwise_accuracy(rm, tokenizer, test_pairs)
     after_train = pairwise_accuracy(rm, tokenizer, train_pairs)
     report = _test_report(rm, tokenizer, [r for r in rankings if r["id"] in test_ids], prompts, kg, seed)
-    (d / "report.md").write_text(format_report(report) + "\n", encoding="utf-8")
-
-    rm.save_pretrained(d / "adapter", safe_serialization=True)
-    merge_adapter(init, d / "adapter", d / "merged", preset.model, kind="seqcls", tokenizer=tokenizer)
+    if is_main_process():  # every rank holds the same adapter and the same report
+        (d / "report.md").write_text(format_report(report) + "\n", encoding="utf-8")
+        rm.save_pretrained(d / "adapter", safe_serialization=True)
+        merge_adapter(init, d / "adapter", d / "merged", preset.model, kind="seqcls", tokenizer=tokenizer)
     metrics = {
         "prompts": len(prompts), "distinct_prompts": len({json.dumps(p["messages"], ensure_ascii=False)
                                                           for p in prompts}),
@@ -303,6 +309,18 @@ def run_rm(preset, out: str | Path, seed: int = 0, extra_rankings: list[str] | N
     timings = {"seconds": timer(), "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
                "resumed_from_step": start or 0, "sampling_read_back": read_back}
     return write_metrics(d, metrics, timings)
+
+
+def write_rankings(d: Path, rankings: list[dict]) -> None:
+    """OUT/rm/rankings.jsonl and the ranking tool's formats: its input (prompt + 4 answers) and its output (answers
+    best to worst). Written by the main process only: under several processes every rank holds the same rankings."""
+    if not is_main_process():
+        return
+    atomic_write_jsonl(d / "rankings.jsonl", rankings)
+    write_ranking_input(d / "ranking_input.json", rankings)
+    write_ranking_output(d / "ranking_output.tsv", [
+        {"id": r["id"], "messages": r["messages"],
+         "ranked": [t for _, t in sorted(zip(r["ranks"], r["responses"]), key=lambda x: x[0])]} for r in rankings])
 
 
 def _test_report(model, tokenizer, rankings: list[dict], prompts: list[dict], kg: dict, seed: int) -> dict:

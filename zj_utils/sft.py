@@ -116,5 +116,5 @@ def run_sft(preset, out: str | Path, seed: int = 0, resume: bool = False) -> dic
     }
     timings = {"seconds": timer(), "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
                "resumed_from_step": start or 0}
-    return write_metrics(d, metrics, timings) if state.is_main_process else metrics
+    return write_metrics(d, metrics, timings)  # the main process writes; every rank waits for it there
 

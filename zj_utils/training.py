@@ -17,6 +17,8 @@ class JsonlLogCallback(TrainerCallback):
     Resuming from the checkpoint of step N keeps the lines up to step N, so the log reads as one run."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
+        from .common import is_main_process
+
         self.path = Path(path)
         kept = []
         if resume_step is not None and self.path.exists():
@@ -26,7 +28,8 @@ class JsonlLogCallback(TrainerCallback):
                         kept.append(line + "\n")
                 except json.JSONDecodeError:  # the last line of a killed run may be cut short
                     pass
-        self.path.write_text("".join(kept), encoding="utf-8")
+        if is_main_process():  # under DDP the other ranks write nothing (on_log: the Trainer's world process zero)
+            self.path.write_text("".join(kept), encoding="utf-8")
         self._t, self._tokens = time.perf_counter(), 0
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -203,6 +206,18 @@ def mean_train_loss(trainer) -> float:
     return round(sum(losses) / len(losses), 4) if losses else float("nan")
 
 
+def checkpointing_args(cls, on: bool) -> dict:
+    """The TrainingArguments fields that switch HF's gradient (activation) checkpointing per decoder layer on or
+    off. Non-reentrant checkpoints: the reentrant kind gives no gradient to LoRA weights when the checkpointed
+    layer's input does not require grad, which it does not with a frozen base. transformers 5.24 names the fields
+    activation_checkpointing* (gradient_checkpointing* are its deprecated aliases); older versions have only those."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: bool(on), f"{key}_kwargs": {"use_reentrant": False} if on else None}
+
+
 def training_args(cls, stage_cfg, out_dir: Path, seed: int, preset, **extra):
     """One place that maps a stage config onto transformers/TRL TrainingArguments (or SFTConfig/RewardConfig)."""
     import torch
@@ -235,7 +250,8 @@ def training_args(cls, stage_cfg, out_dir: Path, seed: int, preset, **extra):
         use_cpu=not on_gpu,
         bf16=bf16,
         fp16=False,
-        gradient_checkpointing=False,
+        # the stage's gradient_checkpointing field (what `zj estimate` counts); off for stages without one
+        **checkpointing_args(cls, getattr(stage_cfg, "gradient_checkpointing", False)),
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
         disable_tqdm=False,
