@@ -1,0 +1,177 @@
+"""The pieces notebooks 04 and 05 use to show RLHF step by step: a ranking's pairs and the tie it drops, the
+reward model's loss by hand against TRL's, the token it reads its score at, gold vs flawed answers, accuracy by
+epoch; PPO's per-token table, one optimizer step on a given rollout and what the next epoch's ratio sees; the KL
+sweep; and `run_or_reuse`, which lets a notebook stepped through by hand read a completed stage back."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import zj_utils.ppo as P
+from ppo_fixtures import PROMPTS, RESPONSES, fixed_rollout, length_reward
+from test_ppo import _threads, make_counting_rm, make_policy, tiny_config, tok  # noqa: F401 (fixtures)
+from test_reward_inputs import CONVS, CHOSEN, REJECTED, chatml_tokenizer, spy_reward_model, tiny_tokenizer
+from zj_utils.rankings import answer_letters, pair_outcomes, ranking_string, ranks_to_pairs
+from zj_utils.presets import get_preset
+
+
+# --------------------------------------------------------------------------- a ranking's pairs
+
+def test_the_papers_ranking_gives_five_pairs_and_drops_its_tie():
+    responses, ranks = ["A", "B", "C", "D"], [2, 2, 4, 1]  # D > A = B > C
+    assert ranking_string(ranks) == "D > A = B > C" and answer_letters(4) == ["A", "B", "C", "D"]
+    rows = pair_outcomes(responses, ranks)
+    assert len(rows) == 6
+    assert [(r["chosen"], r["rejected"]) for r in rows if r["outcome"] == "pair"] == [(3, 0), (3, 1), (3, 2),
+                                                                                     (0, 2), (1, 2)]
+    assert [(r["a"], r["b"]) for r in rows if r["outcome"] == "tie"] == [(0, 1)]
+    assert ranking_string([1, 1, 1]) == "A = B = C"
+    with pytest.raises(ValueError):
+        pair_outcomes(["a"], [1, 2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("xyz"), st.integers(1, 4)), min_size=1, max_size=5))
+def test_pair_outcomes_keep_exactly_ranks_to_pairs(answers):
+    """Whatever the ties and repeated texts, the kept rows are ranks_to_pairs' pairs in its order, and every
+    unordered pair is accounted for once, with the reasons pair_report counts."""
+    from zj_utils.reward import pair_report
+
+    responses, ranks = [a for a, _ in answers], [r for _, r in answers]
+    rows = pair_outcomes(responses, ranks)
+    kept = [(responses[r["chosen"]], responses[r["rejected"]]) for r in rows if r["outcome"] == "pair"]
+    assert kept == ranks_to_pairs(responses, ranks)
+    n = len(responses)
+    assert sorted((r["a"], r["b"]) for r in rows) == [(i, j) for i in range(n) for j in range(i + 1, n)]
+    report = pair_report([{"responses": responses, "ranks": ranks}], len(kept))
+    count = lambda k: sum(r["outcome"] == k for r in rows)  # noqa: E731
+    assert report["dropped"] == {"tied": count("tie"), "identical_text": count("identical_text"),
+                                 "duplicate": count("duplicate")}
+
+
+def test_tie_example_prefers_a_ranking_with_both_a_tie_and_a_pair():
+    from zj_utils.reward import tie_example
+
+    all_tied = {"id": "a", "ranks": [1, 1, 1, 1]}
+    strict = {"id": "b", "ranks": [1, 2, 3, 4]}
+    both = {"id": "c", "ranks": [2, 1, 2, 2]}
+    assert tie_example([all_tied, strict, both])["id"] == "c"
+    assert tie_example([all_tied, strict])["id"] == "b"
+    assert tie_example([all_tied]) is None
+
+
+# --------------------------------------------------------------------------- the reward model
+
+@pytest.mark.parametrize("make_tok,last_token", [(tiny_tokenizer, "</s>"), (chatml_tokenizer, "\n")],
+                         ids=["tiny", "chatml"])
+def test_scored_token_is_where_the_classifier_pools(make_tok, last_token):
+    from zj_utils.reward import marked_tokens, reward_ids, score_conversations, scored_token
+
+    tok = make_tok()
+    rm = spy_reward_model(tok)
+    pos = scored_token(tok, CONVS[1], CHOSEN[1], rm)
+    assert pos["ids"] == reward_ids(tok, CONVS[1], CHOSEN[1])
+    assert pos["index"] == len(pos["ids"]) - 1 and pos["tokens"][pos["index"]] == last_token
+    want = score_conversations(rm, tok, [CONVS[1] + [{"role": "assistant", "content": CHOSEN[1]}]])[0].item()
+    assert pos["score"] == pytest.approx(want, abs=1e-5)
+    assert pos["score_at_index"] == pytest.approx(want, abs=1e-5)
+    assert scored_token(tok, CONVS[1], CHOSEN[1])["index"] == pos["index"]  # no model: the position alone
+    assert marked_tokens(["a", "b", "c"], 2) == "a|b|⟦c⟧"
+    assert marked_tokens(["a", "b", "c"], 2, width=2) == "… b|⟦c⟧"
+
+
+@pytest.mark.parametrize("make_tok", [tiny_tokenizer, chatml_tokenizer], ids=["tiny", "chatml"])
+def test_loss_by_hand_is_the_reward_trainers_loss(tmp_path, make_tok):
+    """-log sigmoid(r_chosen - r_rejected), each answer scored alone, equals RewardTrainer.compute_loss on the
+    batch its collator builds (chosen and rejected rows padded together)."""
+    from zj_utils.reward import pairwise_loss_by_hand, trainer_pairwise_loss
+
+    tok = make_tok()
+    rm = spy_reward_model(tok)
+    pairs = [{"prompt": c, "chosen": [{"role": "assistant", "content": a}],
+              "rejected": [{"role": "assistant", "content": r}]} for c, a, r in zip(CONVS, CHOSEN, REJECTED)]
+    hand = pairwise_loss_by_hand(rm, tok, pairs)
+    margins = torch.tensor(hand["r_chosen"]) - torch.tensor(hand["r_rejected"])
+    assert hand["per_pair"] == pytest.approx([math.log1p(math.exp(-m)) for m in margins.tolist()], abs=1e-6)
+    assert hand["loss"] == pytest.approx(sum(hand["per_pair"]) / 2, abs=1e-7)
+    trl = trainer_pairwise_loss(rm, tok, pairs, get_preset("smoke"), tmp_path)
+    assert trl["loss"] == pytest.approx(hand["loss"], abs=1e-5)
+    assert trl["r_chosen"] == pytest.approx(hand["r_chosen"], abs=1e-5)
+    assert trl["r_rejected"] == pytest.approx(hand["r_rejected"], abs=1e-5)
+
+
+def test_gold_vs_flawed_scores_each_twin_on_its_own_prompt(tmp_path):
+    from zj_utils.data import write_jsonl
+    from zj_utils.reward import gold_vs_flawed, score_conversations
+
+    tok = chatml_tokenizer()
+    rm = spy_reward_model(tok)
+    write_jsonl(tmp_path / "test_single.jsonl", [{"id": "t1", "messages": CONVS[0]},
+                                                 {"id": "t2", "messages": CONVS[1]}])
+    write_jsonl(tmp_path / "test_safety.jsonl", [{"id": "s1", "messages": CONVS[1]}])
+    write_jsonl(tmp_path / "test_multiturn.jsonl", [{"id": "m1", "messages": CONVS[0]}])  # no entry in gold.jsonl
+    write_jsonl(tmp_path / "gold.jsonl", [
+        {"id": "t1", "file": "test_single.jsonl", "gold": "rest", "flawed": "take drug x", "flaw": "contra_drug"},
+        {"id": "t2", "file": "test_single.jsonl", "gold": "ask more", "flawed": None, "flaw": None},  # no twin
+        {"id": "s1", "file": "test_safety.jsonl", "gold": "go to hospital", "flawed": "wait", "flaw": "no_emergency"},
+        {"id": "r1", "file": "rank_prompts.jsonl", "gold": "a", "flawed": "b", "flaw": "no_ask"}])  # not a test set
+    rows = gold_vs_flawed(rm, tok, tmp_path)
+    assert [(r["id"], r["set"], r["flaw"]) for r in rows] == [("t1", "test_single", "contra_drug"),
+                                                              ("s1", "test_safety", "no_emergency")]
+
+    def alone(conv, answer):
+        return score_conversations(rm, tok, [conv + [{"role": "assistant", "content": answer}]])[0].item()
+
+    assert rows[0]["gold"] == pytest.approx(alone(CONVS[0], "rest"), abs=1e-5)
+    assert rows[1]["flawed"] == pytest.approx(alone(CONVS[1], "wait"), abs=1e-5)
+
+
+def test_flaw_table_by_hand():
+    from zj_utils.reward import flaw_table
+
+    rows = [{"flaw": "a", "gold": 1.0, "flawed": 0.0}, {"flaw": "a", "gold": 0.0, "flawed": 0.5},
+            {"flaw": "b", "gold": 2.0, "flawed": 1.0}]
+    t = flaw_table(rows)
+    assert list(t) == ["a", "b", "all"]
+    assert t["a"] == {"n": 2, "gold_mean": 0.5, "flawed_mean": 0.25, "margin_mean": 0.25, "gold_higher": 0.5}
+    assert t["all"]["n"] == 3 and t["all"]["gold_higher"] == pytest.approx(0.6667, abs=1e-4)
+    assert flaw_table([]) == {}
+
+
+def test_accuracy_by_epoch_from_the_trainers_log(tmp_path):
+    from zj_utils.reward import accuracy_by_epoch
+
+    lines = [{"step": 1, "loss": 0.7, "accuracy": 0.5, "epoch": 0.25},
+             {"step": 2, "loss": 0.6, "accuracy": 0.7, "epoch": 0.5},
+             {"step": 2, "eval_loss": 0.65, "eval_accuracy": 0.6, "epoch": 0.5},
+             {"step": 4, "loss": 0.5, "accuracy": 0.9, "epoch": 1.0},
+             {"step": 4, "eval_loss": 0.62, "eval_accuracy": 0.7, "epoch": 1.0},
+             {"step": 6, "loss": 0.3, "accuracy": 1.0, "epoch": 1.5},
+             {"step": 6, "train_runtime": 1.0, "train_loss": 0.5, "epoch": 1.5}]  # the trainer's summary line
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = accuracy_by_epoch(tmp_path / "log.jsonl")
+    assert rows == [{"epoch": 1, "train_accuracy": 0.7, "train_loss": 0.6, "dev_accuracy": 0.7, "dev_loss": 0.62,
+                     "last_step": 4},
+                    {"epoch": 2, "train_accuracy": 1.0, "train_loss": 0.3, "dev_accuracy": None, "dev_loss": None,
+                     "last_step": 6}]
+
+
+
+def test_reward_model_plots(tmp_path):
+    from zj_utils import plots
+
+    rows = [{"epoch": 1, "train_accuracy": 0.6, "dev_accuracy": 0.55}, {"epoch": 2, "train_accuracy": 0.8,
+                                                                          "dev_accuracy": None}]
+    ax = plots.accuracy_by_epoch(rows).axes[0]
+    train, dev = ax.lines[0], ax.lines[1]
+    assert list(train.get_ydata()) == [0.6, 0.8] and list(dev.get_xdata()) == [1] and list(dev.get_ydata()) == [0.55]
+    table = {"no_ask": {"n": 2, "gold_mean": 0.5, "flawed_mean": 0.1, "gold_higher": 1.0},
+             "all": {"n": 2, "gold_mean": 0.5, "flawed_mean": 0.1, "gold_higher": 1.0}}
+    fig = plots.gold_vs_flawed(table)
+    assert [b.get_height() for b in fig.axes[0].patches] == [0.5, 0.5, 0.1, 0.1]  # gold bars, then flawed bars
+    plots.save(fig, tmp_path, "gold_vs_flawed")
+    assert (tmp_path / "gold_vs_flawed.png").stat().st_size > 1000
+
