@@ -175,3 +175,54 @@ def test_reward_model_plots(tmp_path):
     plots.save(fig, tmp_path, "gold_vs_flawed")
     assert (tmp_path / "gold_vs_flawed.png").stat().st_size > 1000
 
+
+# --------------------------------------------------------------------------- reusing a completed stage
+
+def _stage(out, stage, preset, seed=0, t=None, **config):
+    """A completed stage as the stage writes it: config.json via begin_stage, then metrics.json."""
+    from zj_utils.common import begin_stage, write_json
+
+    d, _ = begin_stage(stage, preset, out, seed, **config)
+    write_json(d / "metrics.json", {"stage": stage})
+    if t is not None:
+        os.utime(d / "config.json", ns=(t, t))
+        os.utime(d / "metrics.json", ns=(t + 1, t + 1))
+    return d
+
+
+def test_why_not_reuse_and_run_or_reuse(tmp_path, monkeypatch):
+    import zj_utils.stages as stages
+
+    preset = get_preset("smoke")
+    rm_cfg = dict(rm=preset.rm, extra_rankings=[], model=preset.model, quant=preset.quant)  # as run_rm records it
+    assert "no completed run" in stages.why_not_reuse("rm", preset, tmp_path, 0)
+    _stage(tmp_path, "sft", preset, t=10**18, sft=preset.sft, model=preset.model, quant=preset.quant)
+    d = _stage(tmp_path, "rm", preset, t=2 * 10**18, **rm_cfg)
+    assert stages.why_not_reuse("rm", preset, tmp_path, 0) is None
+    assert "seed 0, not 'smoke' seed 1" in stages.why_not_reuse("rm", preset, tmp_path, 1)
+    assert "'rm' settings differ" in stages.why_not_reuse("rm", get_preset("smoke", ["rm.epochs=2"]), tmp_path, 0)
+    assert "'extra_rankings'" in stages.why_not_reuse("rm", preset, tmp_path, 0, extra_rankings=["h.jsonl"])
+    assert "not 'smoke-rl' seed 0" in stages.why_not_reuse("rm", get_preset("smoke-rl"), tmp_path, 0)
+    os.utime(tmp_path / "sft" / "metrics.json", ns=(3 * 10**18, 3 * 10**18))  # SFT re-ran after the reward model
+    assert "sft ran after it" in stages.why_not_reuse("rm", preset, tmp_path, 0)
+    os.utime(tmp_path / "sft" / "metrics.json", ns=(10**18, 10**18))
+    os.utime(d / "config.json", ns=(4 * 10**18, 4 * 10**18))  # a later start that did not finish
+    assert "did not finish" in stages.why_not_reuse("rm", preset, tmp_path, 0)
+    os.utime(d / "config.json", ns=(2 * 10**18, 2 * 10**18))
+    human = tmp_path / "human.jsonl"
+    human.write_text("")
+    os.utime(human, ns=(10**18, 10**18))
+    rm_with_human = dict(rm_cfg, extra_rankings=[str(human)])
+    d = _stage(tmp_path, "rm", preset, t=2 * 10**18, **rm_with_human)
+    assert stages.why_not_reuse("rm", preset, tmp_path, 0, extra_rankings=[str(human)]) is None
+    os.utime(human, ns=(3 * 10**18, 3 * 10**18))  # a person ranked more after the reward model was trained
+    assert "changed after it" in stages.why_not_reuse("rm", preset, tmp_path, 0, extra_rankings=[str(human)])
+    d = _stage(tmp_path, "rm", preset, t=2 * 10**18, **rm_cfg)
+
+    ran = []
+    monkeypatch.setattr(stages, "run_stage", lambda stage, *a, **k: ran.append((stage, k)) or {"ran": True})
+    assert stages.run_or_reuse("rm", preset, tmp_path, 0) == {"stage": "rm"} and ran == []
+    assert stages.run_or_reuse("rm", preset, tmp_path, 0, reuse=False) == {"ran": True}
+    assert stages.run_or_reuse("rm", preset, tmp_path, 0, extra_rankings=["h.jsonl"]) == {"ran": True}
+    assert ran == [("rm", {}), ("rm", {"extra_rankings": ["h.jsonl"]})]
+
