@@ -176,6 +176,76 @@ def test_reward_model_plots(tmp_path):
     assert (tmp_path / "gold_vs_flawed.png").stat().st_size > 1000
 
 
+# --------------------------------------------------------------------------- PPO
+
+def _rollout_and_old(tok, policy, vh, cfg):
+    ro = fixed_rollout(tok)
+    with torch.no_grad():
+        old_logp, _, old_values = P.compute_logprobs(policy, ro.input_ids, ro.attention_mask,
+                                                     ro.query_ids.shape[1], cfg.temperature, vh)
+    return ro, old_logp, old_values
+
+
+def test_token_table_rows_are_the_masked_positions(tok):
+    ro = fixed_rollout(tok)
+    x = torch.arange(ro.response_ids.numel(), dtype=torch.float32).reshape(ro.response_ids.shape)
+    for row in range(len(RESPONSES)):
+        table = P.token_table(tok, ro, row, {"x": x})
+        n = int(ro.response_mask[row].sum())
+        assert [r["t"] for r in table] == list(range(n))
+        assert [r["x"] for r in table] == x[row, :n].tolist()
+        assert "".join(r["token"] for r in table).startswith(RESPONSES[row])
+
+
+def test_ppo_step_on_a_given_rollout_then_the_ratio_the_next_epoch_sees(tok, monkeypatch):
+    """ppo_step(rollout=...) samples nothing and updates on that rollout: its one epoch sees ratio 1 (no clipping);
+    after the step ratio_stats sees ratios off 1, and its clip fraction and loss are policy_loss's."""
+    def no_sampling(*a, **k):
+        raise AssertionError("ppo_step sampled although a rollout was given")
+
+    monkeypatch.setattr(P, "generate_rollouts", no_sampling)
+    cfg = P.PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=1, kl_coef=0.05, missing_eos_penalty=-1.0)
+    policy, vh = make_policy(tok), P.ValueHead(32)
+    ro, old_logp, old_values = _rollout_and_old(tok, policy, vh, cfg)
+    mask = ro.response_mask.float()
+    scores = P.shape_scores(torch.tensor(length_reward(None, RESPONSES)), ro.has_eos, 1.0, 0.0, -1.0)
+    with torch.no_grad(), policy.disable_adapter():
+        ref_logp, _, _ = P.compute_logprobs(policy, ro.input_ids, ro.attention_mask, ro.query_ids.shape[1])
+    rewards, _ = P.compute_rewards(scores, old_logp, ref_logp, mask, cfg.kl_coef)
+    adv = P.masked_whiten(P.compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)[0], mask)
+
+    before = P.ratio_stats(policy, ro, old_logp, adv, cfg)
+    assert before["max_ratio_change"] < 1e-5 and before["clipfrac"] == 0 and before["clipped"].sum() == 0
+    params = [p for p in policy.parameters() if p.requires_grad] + list(vh.parameters())
+    stats = P.ppo_step(policy, vh, torch.optim.AdamW(params, lr=3e-2), tok, None, ro.messages, cfg,
+                       P.KLController(cfg.kl_coef), torch.Generator().manual_seed(0), reward_fn=length_reward,
+                       rollout=ro)
+    assert stats["policy_clipfrac"] == 0 and stats["score"] == pytest.approx(sum(length_reward(None, RESPONSES)) / 4)
+    after = P.ratio_stats(policy, ro, old_logp, adv, cfg)
+    assert after["max_ratio_change"] > 0.05
+    loss, clipfrac, approx_kl = P.policy_loss(after["new_logp"], old_logp, adv, mask, cfg.cliprange)
+    assert after["clipfrac"] == pytest.approx(float(clipfrac)) and after["policy_loss"] == pytest.approx(float(loss))
+    assert after["clipfrac"] == pytest.approx(float(P.masked_mean(after["clipped"], mask)))
+    torch.testing.assert_close(after["ratio"], torch.where(mask.bool(), (after["new_logp"] - old_logp).exp(),
+                                                           torch.ones(())))
+    # a token is clipped only outside [1 - eps, 1 + eps], on the side its advantage pushes toward
+    out = after["clipped"].bool()
+    r, a = after["ratio"][out], adv[out]
+    assert bool((((r > 1 + cfg.cliprange) & (a > 0)) | ((r < 1 - cfg.cliprange) & (a < 0))).all())
+
+
+def test_train_ppo_uses_a_given_reward_normalisation(tok, tmp_path, monkeypatch):
+    def no_fit(*a, **k):
+        raise AssertionError("fitted a normalisation although one was given")
+
+    monkeypatch.setattr(P, "sample_reward_norm", no_fit)
+    cfg = P.PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4, save_every=0,
+                      judge_every=0)
+    summary = P.train_ppo(make_policy(tok), tok, make_counting_rm(tok), PROMPTS, cfg, tmp_path, seed=0,
+                          reward_norm=(2.0, -0.5))
+    assert (summary["reward_norm_gain"], summary["reward_norm_bias"]) == (2.0, -0.5)
+
+
 # --------------------------------------------------------------------------- reusing a completed stage
 
 def _stage(out, stage, preset, seed=0, t=None, **config):
