@@ -246,6 +246,78 @@ def test_train_ppo_uses_a_given_reward_normalisation(tok, tmp_path, monkeypatch)
     assert (summary["reward_norm_gain"], summary["reward_norm_bias"]) == (2.0, -0.5)
 
 
+# --------------------------------------------------------------------------- the KL sweep
+
+@pytest.fixture
+def sweep_out(tmp_path, tok):
+    """An OUT folder with what the sweep reads: a tiny SFT model and reward model (merged, with the tokenizer) and
+    the world's ranking prompts, and the three stages' metrics.json."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    from zj_utils.data import write_jsonl
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_config(tok, initializer_range=0.2)).save_pretrained(tmp_path / "sft" / "merged")
+    tok.save_pretrained(tmp_path / "sft" / "merged")
+    LlamaForSequenceClassification(tiny_config(tok, num_labels=1)).save_pretrained(tmp_path / "rm" / "merged")
+    write_jsonl(tmp_path / "world" / "rank_prompts.jsonl", [{"id": f"r{i}", "messages": m}
+                                                             for i, m in enumerate(PROMPTS)])
+    for s in ("world", "sft", "rm"):
+        (tmp_path / s / "metrics.json").write_text("{}")
+        os.utime(tmp_path / s / "metrics.json", ns=(10**18, 10**18))  # long before anything the sweep writes
+    preset = get_preset("smoke", ["quant.load_in_4bit=false", "ppo.batch_size=2", "ppo.mini_batch_size=2",
+                                  "ppo.max_new_tokens=4", "ppo.norm_samples=4", "ppo.steps=2"])
+    return tmp_path, preset
+
+
+def test_kl_sweep_runs_once_per_beta_shares_one_fit_and_reads_back(sweep_out, monkeypatch):
+    import zj_utils.kl_sweep as K
+
+    out, preset = sweep_out
+    fits, real_fit = [], P.sample_reward_norm
+    monkeypatch.setattr(P, "sample_reward_norm", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    rows = K.run_kl_sweep(preset, out, 0, [0.0, 0.5], steps=2)
+    assert [r["kl_coef"] for r in rows] == [0.0, 0.5] and all(r["steps"] == 2 for r in rows)
+    assert len(fits) == 1  # one normalisation for both runs
+    saved = [json.loads((out / K.SWEEP_DIR / f"kl-{b:g}" / "summary.json").read_text()) for b in (0.0, 0.5)]
+    assert saved[0]["reward_norm_gain"] == saved[1]["reward_norm_gain"]
+    assert [s["config"]["kl_coef"] for s in saved] == [0.0, 0.5] and not saved[0]["config"]["adaptive_kl"]
+    assert rows[1] == K.sweep_row(saved[1])
+    assert rows[1]["score_normalized"] == pytest.approx(saved[1]["reward_norm_gain"] * saved[1]["score_last5"]
+                                                        + saved[1]["reward_norm_bias"])
+
+    trained = []
+    real_train = P.train_ppo
+    monkeypatch.setattr(P, "train_ppo", lambda *a, **k: trained.append(a[4].kl_coef) or real_train(*a, **k))
+    assert K.run_kl_sweep(preset, out, 0, [0.0, 0.5], steps=2) == rows and trained == []  # read back
+    K.run_kl_sweep(preset, out, 0, [0.5], steps=2, reuse=False)
+    assert trained == [0.5]
+    K.run_kl_sweep(preset, out, 0, [0.0], steps=1)  # other settings: trained again
+    assert trained == [0.5, 0.0]
+    (out / "rm" / "metrics.json").write_text("{}")  # the reward model was retrained after the runs
+    K.run_kl_sweep(preset, out, 0, [0.5], steps=2)
+    assert trained == [0.5, 0.0, 0.5]
+
+
+def test_sweep_config_fixes_beta_and_drops_checkpoints_and_probe():
+    from zj_utils.kl_sweep import sweep_config
+
+    preset = get_preset("smoke-rl")
+    cfg = sweep_config(preset, 1, None)
+    assert (cfg.kl_coef, cfg.adaptive_kl, cfg.steps, cfg.save_every, cfg.judge_every) == (1.0, False, 60, 0, 0)
+    assert cfg.learning_rate == preset.ppo.learning_rate and sweep_config(preset, 0.0, 5).steps == 5
+
+
+
+def test_kl_sweep_plot_puts_each_run_at_its_kl_and_score():
+    from zj_utils import plots
+
+    rows = [{"kl_coef": 1.0, "kl": 0.5, "score_normalized": 0.1}, {"kl_coef": 0.0, "kl": 4.0, "score_normalized": 0.9}]
+    ax = plots.kl_sweep(rows).axes[0]
+    assert ax.collections[0].get_offsets().tolist() == [[4.0, 0.9], [0.5, 0.1]]  # in beta order
+    assert [t.get_text() for t in ax.texts] == ["β=0", "β=1"]
+
+
 # --------------------------------------------------------------------------- reusing a completed stage
 
 def _stage(out, stage, preset, seed=0, t=None, **config):

@@ -299,3 +299,21 @@ def gold_vs_flawed(table: dict[str, dict], title: str = "reward model: gold vs f
     fig.tight_layout()
     return fig
 
+
+def kl_sweep(rows: list[dict], title: str = "PPO: final KL vs final score, one run per kl_coef"):
+    """`kl_sweep.run_kl_sweep` rows: each run's KL to the reference against its normalised reward-model score (both
+    means over its last steps), labelled with its beta; the runs joined in beta order."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    rows = sorted(rows, key=lambda r: r["kl_coef"])
+    ax.plot([r["kl"] for r in rows], [r["score_normalized"] for r in rows], color="#b9c7d9", lw=1, zorder=1)
+    ax.scatter([r["kl"] for r in rows], [r["score_normalized"] for r in rows], color="#2f6db5", zorder=2)
+    for r in rows:
+        ax.annotate(f"β={r['kl_coef']:g}", (r["kl"], r["score_normalized"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.margins(x=0.15, y=0.15)  # room for the labels
+    ax.set_xlabel("KL(policy || reference) per answer, nats")
+    ax.set_ylabel("reward-model score (SFT-answer stds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
