@@ -35,7 +35,7 @@ LAYERS = {
     "base_model": 5, "pretrain": 5, "sft": 5, "evaluate": 5, "lessons": 5,
     "reward": 6, "ppo": 6, "align": 6,
     "stages": 7,
-    "ablations": 8, "align_sweep": 8, "pipeline": 8,
+    "ablations": 8, "align_sweep": 8, "kl_sweep": 8, "pipeline": 8,
     # __init__ is the package's front door: were it to re-export names, no module inside may import them from it
     "cli": 9, "widgets": 9, "__init__": 9,
 }

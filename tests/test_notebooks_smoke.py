@@ -79,3 +79,13 @@ def test_bitsandbytes_kernels_hub_notice_is_dropped_and_nothing_else():
 
     assert not log.filter(record("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ..."))
     assert log.filter(record("Something else went wrong: %s"))
+
+
+def test_notebooks_04_and_05_reuse_completed_stages_by_parameter():
+    """Stepped through by hand, 04 and 05 read a completed rm / ppo stage back (stages.run_or_reuse) unless the
+    `reuse` parameter is False."""
+    for nb, stage in (("04_reward_model", "rm"), ("05_ppo", "ppo")):
+        book = nbformat.read(ROOT / "notebooks" / f"{nb}.ipynb", as_version=4)
+        params = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+        assert "reuse = True" in params.source, nb
+        assert any(f'run_or_reuse("{stage}", P, out, seed, reuse=reuse' in c.source for c in book.cells), nb

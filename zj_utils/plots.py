@@ -254,3 +254,66 @@ def ablation_figure(summary: dict, png: str | Path | None = None):
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(png, dpi=120, bbox_inches="tight")
     return fig
+
+
+def accuracy_by_epoch(rows: list[dict], title: str = "reward model: pairwise accuracy by epoch"):
+    """`reward.accuracy_by_epoch` rows: train-batch and dev accuracy per epoch, with chance (0.5) dotted."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    for key, label, color in (("train_accuracy", "train (batches, during training)", "#8a8a8a"),
+                              ("dev_accuracy", "dev (held-out prompts)", "#2f6db5")):
+        pts = [(r["epoch"], r[key]) for r in rows if r[key] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", lw=1.6, color=color, label=label)
+    ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("pairwise accuracy")
+    ax.set_xticks([r["epoch"] for r in rows])
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def gold_vs_flawed(table: dict[str, dict], title: str = "reward model: gold vs flawed answers (held-out prompts)"):
+    """`reward.flaw_table`: mean score of the gold and of the flawed answer per flaw type, and the share of prompts
+    where the gold one scores higher above each pair of bars."""
+    import numpy as np
+
+    names = list(table)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(names), 3.4))
+    ax.bar(x - 0.2, [table[n]["gold_mean"] for n in names], 0.4, label="gold answer", color="#3a9a5b")
+    ax.bar(x + 0.2, [table[n]["flawed_mean"] for n in names], 0.4, label="flawed answer", color="#d9822b")
+    top = max([max(table[n]["gold_mean"], table[n]["flawed_mean"]) for n in names] + [0.0])
+    for i, n in enumerate(names):
+        ax.text(i, top, f"gold higher\n{table[n]['gold_higher']:.0%} of {table[n]['n']}", ha="center",
+                va="bottom", fontsize=7)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("reward-model score")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(y=0.25)
+    fig.tight_layout()
+    return fig
+
+
+def kl_sweep(rows: list[dict], title: str = "PPO: final KL vs final score, one run per kl_coef"):
+    """`kl_sweep.run_kl_sweep` rows: each run's KL to the reference against its normalised reward-model score (both
+    means over its last steps), labelled with its beta; the runs joined in beta order."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    rows = sorted(rows, key=lambda r: r["kl_coef"])
+    ax.plot([r["kl"] for r in rows], [r["score_normalized"] for r in rows], color="#b9c7d9", lw=1, zorder=1)
+    ax.scatter([r["kl"] for r in rows], [r["score_normalized"] for r in rows], color="#2f6db5", zorder=2)
+    for r in rows:
+        ax.annotate(f"β={r['kl_coef']:g}", (r["kl"], r["score_normalized"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.margins(x=0.15, y=0.15)  # room for the labels
+    ax.set_xlabel("KL(policy || reference) per answer, nats")
+    ax.set_ylabel("reward-model score (SFT-answer stds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

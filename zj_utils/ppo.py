@@ -356,15 +356,16 @@ def compute_rewards(scores, logp, ref_logp, mask, kl_coef: float, estimator: str
 
 def ppo_step(policy, value_head, optimizer, tokenizer, reward_model, prompts, cfg: PPOConfig,
              kl_ctl: KLController, generator: torch.Generator, reward_tokenizer=None,
-             reward_fn=None, reward_norm: tuple[float, float] = (1.0, 0.0)) -> dict:
+             reward_fn=None, reward_norm: tuple[float, float] = (1.0, 0.0), rollout: Optional[Rollout] = None) -> dict:
     """One rollout + update on `prompts` (a batch of chat message lists); returns the step stats.
-    `reward_norm` = (gain, bias) of the score normalisation (see `fit_reward_norm`)."""
+    `reward_norm` = (gain, bias) of the score normalisation (see `fit_reward_norm`). `rollout`, if given, is used
+    instead of sampling a new one (a step on a rollout already shown, as notebook 05 takes)."""
     t0 = time.perf_counter()
     dev = _device(policy)
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
 
     # 1-2. rollout and score
-    ro = generate_rollouts(policy, tokenizer, prompts, cfg)
+    ro = rollout if rollout is not None else generate_rollouts(policy, tokenizer, prompts, cfg)
     raw = score_responses(reward_model, tokenizer, ro, reward_tokenizer, reward_fn)
     gain, bias = reward_norm
     normed = gain * raw + bias
@@ -554,7 +555,7 @@ def load_checkpoint(out_dir: Path, policy, value_head, optimizer, kl_ctl, genera
 def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, out_dir, seed: int = 0,
               reward_tokenizer=None, callback: Optional[Callable] = None,
               reward_fn: Optional[Callable] = None, resume: bool = False,
-              probe: Optional[Callable] = None) -> dict:
+              probe: Optional[Callable] = None, reward_norm: Optional[tuple[float, float]] = None) -> dict:
     """PPO on a `peft.PeftModel` policy (its LoRA adapter and a new value head are trained;
     with the adapter disabled it is the frozen reference). `reward_model` is a frozen
     sequence-classification model with one label, or None with `reward_fn` given instead.
@@ -564,7 +565,8 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
 
     `probe(policy) -> dict`, if given, is called before training, every `cfg.judge_every` steps and at the end;
     its rows go to out_dir/judge_probe.jsonl. It only observes: it runs on a fork of the RNGs, and nothing in
-    training reads it."""
+    training reads it. `reward_norm` = (gain, bias), if given with `cfg.normalize_reward`, is used instead of
+    fitting one (runs that share a start policy and reward model can share one fit, as a kl_coef sweep does)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -611,6 +613,8 @@ def train_ppo(policy, tokenizer, reward_model, prompts: list, cfg: PPOConfig, ou
                 raise ValueError(f"{out_dir}: the checkpoint holds no reward normalisation; resume it with "
                                  "normalize_reward=False, or start the run again")
             norm = tuple(state["reward_norm"])
+    elif cfg.normalize_reward and reward_norm is not None:
+        norm = tuple(reward_norm)
     elif cfg.normalize_reward:
         norm = sample_reward_norm(policy, tokenizer, reward_model, prompts, cfg, seed, reward_tokenizer, reward_fn)
 
@@ -790,3 +794,41 @@ def run_ppo(preset, out, seed: int = 0, resume: bool = False) -> dict:
     # wall-clock times apart, so that metrics.json is the same bytes for the same preset and seed
     timings = {"seconds": timer(), "train_seconds": round(summary["total_seconds"], 2)}
     return write_metrics(d, metrics, timings)  # the main process writes; every rank waits for it there
+
+
+# --------------------------------------------------------------------------- the mechanism, shown (notebook 05)
+
+def token_table(tokenizer, rollout: Rollout, row: int, columns: dict) -> list[dict]:
+    """One dict per response token of sequence `row` (those the response mask keeps: up to and including the first
+    EOS): its position t, the token as text, and the value at (row, t) of each [B, R] tensor in `columns` (e.g.
+    logp, ref_logp, kl, reward, value, advantage, return), as floats."""
+    keep = rollout.response_mask[row].bool()
+    ids = rollout.response_ids[row]
+    out = []
+    for t in range(int(keep.shape[0])):
+        if not keep[t]:
+            continue
+        rec = {"t": t, "token": tokenizer.decode([int(ids[t])])}
+        for name, x in columns.items():
+            rec[name] = float(x[row, t])
+        out.append(rec)
+    return out
+
+
+@torch.no_grad()
+def ratio_stats(policy, rollout: Rollout, old_logp, advantages, cfg: PPOConfig) -> dict:
+    """What the next PPO epoch sees on `rollout` after an update: the policy's new log-probs, the probability
+    ratio new/old per token (1 on padding), where the clip is active per token (1.0: the clipped term is the
+    larger loss, so the token's gradient is 0), and `policy_loss`'s clip fraction (the mean of that), approximate
+    KL and loss against `old_logp` and `advantages` (those of the rollout, as ppo_step computed them)."""
+    dev = _device(policy)
+    ids, am, P = rollout.input_ids.to(dev), rollout.attention_mask.to(dev), rollout.query_ids.shape[1]
+    mask = rollout.response_mask.to(dev).float()
+    new_logp, _, _ = compute_logprobs(policy, ids, am, P, cfg.temperature)
+    loss, clipfrac, approx_kl = policy_loss(new_logp, old_logp.to(dev), advantages.to(dev), mask, cfg.cliprange)
+    ratio = torch.exp(_keep(new_logp - old_logp.to(dev), mask))
+    adv = advantages.to(dev)
+    clipped = _keep((-adv * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange) > -adv * ratio).float(), mask)
+    return {"new_logp": new_logp.cpu(), "ratio": ratio.cpu(), "clipped": clipped.cpu(), "clipfrac": float(clipfrac),
+            "approx_kl": float(approx_kl), "policy_loss": float(loss),
+            "max_ratio_change": float(_keep((ratio - 1).abs(), mask).max())}

@@ -187,3 +187,42 @@ def to_preference_records(prompt_messages: list[dict], responses: list[str], ran
              "chosen": [{"role": "assistant", "content": c}],
              "rejected": [{"role": "assistant", "content": r}]}
             for c, r in ranks_to_pairs(responses, ranks)]
+
+
+def answer_letters(n: int) -> list[str]:
+    """A, B, C, ... for the answers of one ranking, in their order in the record."""
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+def ranking_string(ranks: list[int]) -> str:
+    """A ranking as the paper writes it, best first, ties joined by "=": ranks [2, 2, 4, 1] -> "D > A = B > C"."""
+    letters = answer_letters(len(ranks))
+    groups: dict[int, list[str]] = {}
+    for letter, rank in sorted(zip(letters, ranks), key=lambda x: (x[1], x[0])):
+        groups.setdefault(rank, []).append(letter)
+    return " > ".join(" = ".join(g) for _, g in sorted(groups.items()))
+
+
+def pair_outcomes(responses: list[str], ranks: list[int]) -> list[dict]:
+    """What becomes of every unordered pair of answers of one ranking, in the order `ranks_to_pairs` walks them:
+    {"a", "b" (answer indices), "outcome", "chosen", "rejected"} with outcome "pair" (chosen = the better ranked,
+    rejected = the other: a training pair of `ranks_to_pairs`), "tie" (same rank: dropped, a tie says nothing
+    about which answer is better), "identical_text" (dropped) or "duplicate" (the same texts as an earlier pair:
+    dropped). The "pair" rows are exactly `ranks_to_pairs(responses, ranks)`, by index."""
+    if len(responses) != len(ranks):
+        raise ValueError(f"{len(responses)} responses but {len(ranks)} ranks")
+    order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
+    rows, seen = [], set()
+    for x, a in enumerate(order):
+        for b in order[x + 1:]:
+            row = {"a": min(a, b), "b": max(a, b), "chosen": None, "rejected": None}
+            if ranks[a] == ranks[b]:
+                rows.append(row | {"outcome": "tie"})
+            elif responses[a] == responses[b]:
+                rows.append(row | {"outcome": "identical_text"})
+            elif (responses[a], responses[b]) in seen:
+                rows.append(row | {"outcome": "duplicate"})
+            else:
+                seen.add((responses[a], responses[b]))
+                rows.append(row | {"outcome": "pair", "chosen": a, "rejected": b})
+    return rows

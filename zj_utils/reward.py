@@ -346,3 +346,147 @@ def load_reward_model(out: str | Path, preset):
     model = load_for_inference(path, preset, kind="seqcls")
     model.eval().requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------- the mechanism, shown step by step (notebook 04)
+
+def tie_example(rankings: list[dict]) -> dict | None:
+    """The first ranking with both a tie and a strict preference (so it gives pairs and drops one), else the first
+    with a strict preference, else None."""
+    strict = [r for r in rankings if len(set(r["ranks"])) > 1]
+    return next((r for r in strict if len(set(r["ranks"])) < len(r["ranks"])), strict[0] if strict else None)
+
+
+def scored_token(tokenizer, messages: list[dict], answer: str, model=None) -> dict:
+    """Where the reward model reads its score on the input `reward_ids` builds for (messages, answer): a sequence
+    classifier scores every position and keeps the one at the last id that is not the pad id (right padding puts
+    the pad ids after it). Returns ids, tokens (each id decoded alone) and `index`; with `model`, also `score`
+    (the model's output) and `score_at_index` (its score head applied by hand to the last hidden state at
+    `index`), which must agree."""
+    import torch
+
+    ids = reward_ids(tokenizer, messages, answer)
+    cfg = None if model is None else (model.config.get_text_config() if hasattr(model.config, "get_text_config")
+                                      else model.config)
+    pad = cfg.pad_token_id if cfg is not None and cfg.pad_token_id is not None else (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    index = max((i for i, t in enumerate(ids) if t != pad), default=0)
+    out = {"ids": ids, "tokens": [tokenizer.decode([t]) for t in ids], "index": index}
+    if model is not None:
+        dev = next(model.parameters()).device
+        x = torch.tensor([ids], device=dev)
+        with torch.no_grad():
+            score = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, 0]
+            hidden = getattr(model, model.base_model_prefix)(input_ids=x).last_hidden_state
+            by_hand = model.score(hidden[0, index].to(model.score.weight.dtype))[0]
+        out |= {"score": float(score), "score_at_index": float(by_hand)}
+    return out
+
+
+def marked_tokens(tokens: list[str], index: int, width: int = 0) -> str:
+    """Tokens joined by "|" with the scored one in ⟦ ⟧; `width` > 0 keeps only the last `width` tokens."""
+    shown = [f"⟦{t}⟧" if i == index else t for i, t in enumerate(tokens)]
+    cut = width > 0 and len(shown) > width
+    return ("… " if cut else "") + "|".join(shown[-width:] if cut else shown)
+
+
+def pairwise_loss_by_hand(model, tokenizer, pairs: list[dict]) -> dict:
+    """The reward model's pairwise loss (InstructGPT's, Ouyang et al. 2022), written out: each answer scored alone
+    through the project's input builder (`reward_scores`), then per pair -log sigmoid(r_chosen - r_rejected), and
+    their mean. Returns r_chosen, r_rejected, per_pair (lists) and loss (float)."""
+    import torch.nn.functional as F
+
+    prompts = [p["prompt"] for p in pairs]
+    r_c = reward_scores(model, tokenizer, prompts, [_split_answer(p["chosen"])[1] for p in pairs])
+    r_r = reward_scores(model, tokenizer, prompts, [_split_answer(p["rejected"])[1] for p in pairs])
+    per_pair = -F.logsigmoid(r_c - r_r)
+    return {"r_chosen": r_c.tolist(), "r_rejected": r_r.tolist(), "per_pair": per_pair.tolist(),
+            "loss": float(per_pair.mean())}
+
+
+def trainer_pairwise_loss(model, tokenizer, pairs: list[dict], preset, work_dir, seed: int = 0) -> dict:
+    """The loss TRL's RewardTrainer computes on `pairs` as one batch, with the arguments `run_rm` gives it: the
+    pairs go through `preference_dataset` and the trainer's own collator (chosen rows, then rejected rows, padded),
+    then `RewardTrainer.compute_loss`, the function behind every loss the stage logs. Returns loss (float) and the
+    trainer's r_chosen, r_rejected (lists). Nothing is trained; `work_dir` is only the trainer's output folder."""
+    import warnings
+
+    import torch
+    from trl import RewardConfig, RewardTrainer
+
+    from .training import training_args
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed arguments, as in the stage's log
+        args = training_args(RewardConfig, preset.rm, Path(work_dir), seed, preset, max_length=None,
+                             remove_unused_columns=True, disable_tqdm=True)
+        trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
+                                train_dataset=preference_dataset(tokenizer, pairs))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    dev = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        loss, outputs = trainer.compute_loss(model, {k: v.to(dev) for k, v in batch.items()}, return_outputs=True)
+    rewards = outputs.logits[:, 0].float().cpu()
+    return {"loss": float(loss), "r_chosen": rewards[:len(pairs)].tolist(), "r_rejected": rewards[len(pairs):].tolist()}
+
+
+GOLD_SETS = ("test_single", "test_safety", "test_multiturn")
+
+
+def gold_vs_flawed(model, tokenizer, world: str | Path, sets: tuple[str, ...] = GOLD_SETS) -> list[dict]:
+    """The reward model's scores of the world's gold answer and of its flawed twin (the same answer with one
+    realistic flaw: it concludes without asking, recommends the contraindicated drug, misses the emergency) for
+    every held-out test prompt that has one: {"id", "set", "flaw", "gold", "flawed"}. The reward model never saw
+    these prompts, nor any gold answer: it was trained on rankings of the SFT model's samples."""
+    world = Path(world)
+    items = {(f"{s}.jsonl", it["id"]): it for s in sets for it in load_jsonl(world / f"{s}.jsonl")}
+    picked = [(g, items[(g["file"], g["id"])]) for g in load_jsonl(world / "gold.jsonl")
+              if g.get("flawed") and (g["file"], g["id"]) in items]
+    convs = [it["messages"] for _, it in picked]
+    gold = reward_scores(model, tokenizer, convs, [g["gold"] for g, _ in picked]).tolist()
+    flawed = reward_scores(model, tokenizer, convs, [g["flawed"] for g, _ in picked]).tolist()
+    return [{"id": g["id"], "set": g["file"].removesuffix(".jsonl"), "flaw": g["flaw"], "gold": a, "flawed": b}
+            for (g, _), a, b in zip(picked, gold, flawed)]
+
+
+def flaw_table(rows: list[dict]) -> dict[str, dict]:
+    """`gold_vs_flawed` rows by flaw type, then "all": n, mean score of the gold and of the flawed answers, mean
+    margin (gold - flawed) and the share of prompts where the gold answer scores higher."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["flaw"], []).append(r)
+    out = {}
+    for name, rs in sorted(groups.items()) + ([("all", rows)] if rows else []):
+        n = len(rs)
+        out[name] = {"n": n, "gold_mean": round(sum(r["gold"] for r in rs) / n, 4),
+                     "flawed_mean": round(sum(r["flawed"] for r in rs) / n, 4),
+                     "margin_mean": round(sum(r["gold"] - r["flawed"] for r in rs) / n, 4),
+                     "gold_higher": round(sum(r["gold"] > r["flawed"] for r in rs) / n, 4)}
+    return out
+
+
+def accuracy_by_epoch(log_path: str | Path) -> list[dict]:
+    """Train and dev pairwise accuracy per epoch, from the stage's log.jsonl (every trainer log line). Train: the
+    mean of the train-batch accuracies logged in the epoch (each measured on its batch by the weights of that
+    moment, before the step); dev: the last evaluation in the epoch. Epoch e holds the logs with epoch in
+    (e-1, e]. Returns [{"epoch", "train_accuracy", "train_loss", "dev_accuracy", "dev_loss", "last_step"}]."""
+    import math
+
+    by_epoch: dict[int, dict] = {}
+    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "epoch" not in rec:
+            continue
+        e = by_epoch.setdefault(max(1, math.ceil(rec["epoch"] - 1e-9)), {"train": [], "loss": [], "dev": None})
+        if "accuracy" in rec and "loss" in rec:
+            e["train"].append(rec["accuracy"])
+            e["loss"].append(rec["loss"])
+            e["last_step"] = rec.get("step")
+        if "eval_accuracy" in rec:
+            e["dev"] = (rec["eval_accuracy"], rec.get("eval_loss"))
+            e["last_step"] = rec.get("step")
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    return [{"epoch": k, "train_accuracy": mean(v["train"]), "train_loss": mean(v["loss"]),
+             "dev_accuracy": v["dev"][0] if v["dev"] else None, "dev_loss": v["dev"][1] if v["dev"] else None,
+             "last_step": v.get("last_step")} for k, v in sorted(by_epoch.items())]
