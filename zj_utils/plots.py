@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 
 from .common import data_file
@@ -315,5 +316,54 @@ def kl_sweep(rows: list[dict], title: str = "PPO: final KL vs final score, one r
     ax.set_ylabel("reward-model score (SFT-answer stds)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+LENGTH_PANELS = (("turns", "patient turns per dialogue"), ("user_chars", "characters per patient turn"),
+                 ("doctor_chars", "characters per doctor turn"), ("user_tokens", "tokens per patient turn"),
+                 ("doctor_tokens", "tokens per doctor turn"))
+
+
+def length_distributions(stats: dict[str, dict]):
+    """corpus_stats.describe() of several corpora (name -> stats): each length's distribution per corpus, each
+    normalised on its own (seaborn's histplot, common_norm=False: corpora of different sizes compare by shape),
+    and the share of doctor turns that ask a question."""
+    import pandas as pd
+    import seaborn as sns
+
+    fig, axes = plt.subplots(2, 3, figsize=(14, 6.4))
+    axes = axes.ravel()
+    for ax, (key, title) in zip(axes, LENGTH_PANELS):
+        frame = pd.DataFrame([(name, v) for name, s in stats.items() for v in s[key]], columns=["corpus", key])
+        sns.histplot(frame, x=key, hue="corpus", stat="density", common_norm=False, element="step", ax=ax,
+                     discrete=key == "turns", bins="auto" if key == "turns" else 30)
+        ax.set_title(title)
+        ax.set_xlabel("")
+    axes[5].bar(list(stats), [s["inquiry_rate"] or 0 for s in stats.values()], color="#2f6db5")
+    axes[5].set_title("doctor turns that ask a question")
+    fig.tight_layout()
+    return fig
+
+
+def margin_distribution(rows: list[dict], title: str = "reward model: gold minus flawed score, per held-out prompt"):
+    """reward.gold_vs_flawed rows: the distribution of (gold score - flawed score) per flaw type, a box and every
+    prompt as a dot; right of 0 the reward model prefers the gold answer."""
+    import pandas as pd
+    import seaborn as sns
+
+    frame = pd.DataFrame({"flaw": [r["flaw"] for r in rows], "margin": [r["gold"] - r["flawed"] for r in rows]})
+    order = sorted(frame["flaw"].unique())
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.7 * len(order)))
+    import warnings
+
+    with warnings.catch_warnings():  # seaborn 0.13 passes boxplot's `vert`, which matplotlib 3.11 deprecates
+        warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+        sns.boxplot(frame, x="margin", y="flaw", order=order, color="#d9e3f0", showfliers=False, ax=ax)
+    sns.stripplot(frame, x="margin", y="flaw", order=order, color="#2f6db5", size=3, alpha=0.6, ax=ax)
+    ax.axvline(0, color="#c0392b", lw=1)
+    ax.set_xlabel("gold score - flawed score")
+    ax.set_ylabel("")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
