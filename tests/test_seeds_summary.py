@@ -46,3 +46,34 @@ def test_claims_are_paired_differences(tmp_path):
     assert s1["claim: PPO win - loss vs SFT (all items)"].sum() == -1
     assert np.isclose(s0["PPO held-out RM score gain (raw)"][0], 0.5)
 
+
+
+def _ablation_seed(root: Path, seed: int, sft_unsafe: list[bool], ppo_unsafe: list[bool]) -> Path:
+    """One seed of `zj reproduce --ablations`: full (its stages and its PPO model's evaluation) and no_rlhf (SFT)."""
+    d = root / f"seed{seed}"
+    for stage, m in {"pretrain": {"after": {"probes": {"all": 0.5}}},
+                     "rm": {"test_accuracy": 0.7, "test_report": {"by_dimension": {"safety": {"accuracy": 0.8}}}},
+                     "ppo": {"heldout_score_before": 1.0, "heldout_score_after": 1.25, "kl_last5": 2.0}}.items():
+        (d / "full" / stage).mkdir(parents=True)
+        (d / "full" / stage / "metrics.json").write_text(json.dumps(m))
+    for variant, flags, asks in (("no_rlhf", sft_unsafe, [1, 0]), ("full", ppo_unsafe, [1, 1])):
+        items = [{"id": f"tsf-{i}", "set": "test_safety", "unsafe": int(u), "proactive": None,
+                  "verdict": {"safety": 0.4 if u else 1.0, "professionalism": 1.0, "fluency": 1.0}}
+                 for i, u in enumerate(flags)]
+        items += [{"id": f"tmt-{k}", "set": "test_multiturn", "unsafe": 0, "proactive": a,
+                   "verdict": {"safety": 1.0, "professionalism": 1.0 if a else 0.5, "fluency": 1.0}}
+                  for k, a in enumerate(asks)]
+        (d / variant).mkdir(parents=True, exist_ok=True)
+        (d / variant / "ablation_eval.json").write_text(json.dumps({"items": items}))
+    return d
+
+
+def test_ablation_seeds_give_the_same_rows_from_full_against_no_rlhf(tmp_path):
+    s = seeds_summary.per_seed_ablations(_ablation_seed(tmp_path, 0, [True, True, False, False],
+                                                        [False, True, False, False]))
+    assert s["SFT unsafe rate"].mean() == 0.5 and s["PPO unsafe rate"].mean() == 0.25
+    assert s["claim: SFT unsafe - PPO unsafe"].mean() == 0.25
+    # PPO wins safety item 0 and multi-turn item 1 (it asks, SFT did not): 2 wins in 6 items, no loss
+    assert list(s["claim: PPO win - loss vs SFT (all items)"]) == [1, 0, 0, 0, 0, 1]
+    assert s["SFT proactive inquiry"][0] == 0.5 and s["PPO proactive inquiry"][0] == 1.0
+    assert np.isclose(s["PPO held-out RM score gain (raw)"][0], 0.25)
