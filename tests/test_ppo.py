@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from determinism import deterministic  # noqa: F401 - a fixture
-from zj_utils.ppo import (
-    KLController, LOG_KEYS, PPOConfig, Rollout, ValueHead, compute_gae, compute_logprobs,
-    compute_rewards, entropy_from_logits, fit_reward_norm, generate_rollouts, kl_horizon, kl_penalty,
-    masked_mean, masked_whiten, policy_loss, render_prompts, score_responses, shape_scores, train_ppo, value_loss,
+from zj_utils.ppo import LOG_KEYS, PPOConfig, Rollout, generate_rollouts, render_prompts, score_responses, train_ppo
+from zj_utils.ppo_maths import (
+    KLController, ValueHead, compute_gae, compute_logprobs, compute_rewards, entropy_from_logits, fit_reward_norm,
+    kl_horizon, kl_penalty, masked_mean, masked_whiten, policy_loss, shape_scores, value_loss,
 )
 
 
@@ -688,7 +688,7 @@ def test_logprobs_renormalise_without_the_tokens_generation_suppresses():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zj_utils.ppo import compute_logprobs
+    from zj_utils.ppo_maths import compute_logprobs
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
