@@ -569,11 +569,11 @@ def test_non_finite_minibatches_are_skipped_and_reported(tok, tmp_path):
 def test_cuda_rng_is_saved_and_restored(tok, tmp_path, monkeypatch):
     """The CUDA generators go into the checkpoint and come back on resume (faked here; the real thing runs in
     test_ppo_resume_on_cuda where a GPU is present)."""
-    import zj_utils.ppo as ppo_mod
+    import zj_utils.ppo_checkpoint as ckpt_mod
 
     states = {0: torch.tensor([1, 2, 3], dtype=torch.uint8), 1: torch.tensor([4, 5], dtype=torch.uint8)}
     restored = {}
-    monkeypatch.setattr(ppo_mod, "_cuda_devices", lambda: [0, 1])
+    monkeypatch.setattr(ckpt_mod, "_cuda_devices", lambda: [0, 1])
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [states[0], states[1]])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda st, i: restored.__setitem__(i, st.clone()))
     policy = make_policy(tok)
@@ -584,7 +584,7 @@ def test_cuda_rng_is_saved_and_restored(tok, tmp_path, monkeypatch):
     assert [t.tolist() for t in blob["cuda_rng"]] == [[1, 2, 3], [4, 5]]
     pol, vh = make_policy(tok), ValueHead(32)
     opt = torch.optim.AdamW([p for p in pol.parameters() if p.requires_grad] + list(vh.parameters()))
-    ppo_mod.load_checkpoint(tmp_path, pol, vh, opt, KLController(0.1), torch.Generator())
+    ckpt_mod.load_checkpoint(tmp_path, pol, vh, opt, KLController(0.1), torch.Generator())
     assert {i: t.tolist() for i, t in restored.items()} == {0: [1, 2, 3], 1: [4, 5]}
 
 
