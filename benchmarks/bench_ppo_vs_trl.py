@@ -189,7 +189,8 @@ def _final_kl(policy, tok, heldout, args, samples: int = 2) -> float:
     suppressed tokens removed), the reference being the policy with its adapter off."""
     import torch
 
-    from zj_utils.ppo import PPOConfig, compute_logprobs, generate_rollouts
+    from zj_utils.ppo import PPOConfig, generate_rollouts
+    from zj_utils.ppo_maths import compute_logprobs
 
     cfg = PPOConfig(max_new_tokens=args.response_length, temperature=1.0, top_p=1.0)
     policy.eval()

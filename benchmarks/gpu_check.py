@@ -322,7 +322,7 @@ def run_rm(ctx: Ctx) -> dict:
 
 
 def run_ppo(ctx: Ctx) -> dict:
-    from zj_utils import ppo
+    from zj_utils import ppo, ppo_maths
     from zj_utils.common import load_for_inference, load_model
     from zj_utils.training import prepare_qlora
 
@@ -343,9 +343,9 @@ def run_ppo(ctx: Ctx) -> dict:
                            quantized=ctx.preset.quant.load_in_4bit)
     # as train_ppo: eval mode throughout (no dropout, so old and new log-probs agree), value head on the trunk
     policy.eval()
-    value_head = ppo.ValueHead(policy.get_base_model().config.hidden_size).to(ctx.device)
+    value_head = ppo_maths.ValueHead(policy.get_base_model().config.hidden_size).to(ctx.device)
     optimizer = torch.optim.AdamW(trainable(policy) + list(value_head.parameters()), lr=cfg.learning_rate)
-    kl_ctl = ppo.KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
+    kl_ctl = ppo_maths.KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
     gen = torch.Generator().manual_seed(ctx.seed)
     torch.manual_seed(ctx.seed)
     ids = torch.randint(FIRST_ID, ctx.shape.vocab_size, (cfg.batch_size, P), generator=gen)
@@ -356,7 +356,8 @@ def run_ppo(ctx: Ctx) -> dict:
     phases = _PhaseMeter(ctx.meter)
     originals = {name: getattr(ppo, name) for name in ("generate_rollouts", "score_responses", "compute_logprobs")}
 
-    # ppo_step calls these through the module, so wrapping them there marks where each phase begins
+    # ppo_step calls these through the module (compute_logprobs too: ppo imports it from ppo_maths by name, so
+    # ppo_step looks it up in ppo's namespace), so wrapping them there marks where each phase begins
     def generate_rollouts(*a, **k):
         phases.enter("generation")
         return originals["generate_rollouts"](*a, **k)

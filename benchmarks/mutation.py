@@ -104,7 +104,7 @@ MODULES: dict[str, dict] = {
         "k": "not streaming_reader and not to_dataset and not cleaning",
     },
     "ppo_maths": {
-        "file": "zj_utils/ppo.py",
+        "file": "zj_utils/ppo_maths.py",
         "functions": ["_keep", "masked_mean", "masked_var", "masked_whiten", "kl_penalty", "compute_gae",
                       "policy_loss", "value_loss", "entropy_from_logits", "explained_variance", "fit_reward_norm",
                       "shape_scores", "compute_rewards", "compute_logprobs"],

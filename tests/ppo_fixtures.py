@@ -51,7 +51,8 @@ def sgd_update(rows, lr: float = 0.5, ppo_epochs: int = 2):
     process group is initialised (then each rank passes its own rows)."""
     import zj_utils.ppo as P
     from test_ppo import make_policy, make_tokenizer
-    from zj_utils.ppo import KLController, PPOConfig, ValueHead
+    from zj_utils.ppo import PPOConfig
+    from zj_utils.ppo_maths import KLController, ValueHead
 
     tok = make_tokenizer()
     policy, vh = make_policy(tok, seed=0), ValueHead(32)

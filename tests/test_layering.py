@@ -29,11 +29,11 @@ LAYERS = {
     "common": 1, "presets": 1,
     "readers": 2, "rankings": 2, "data": 2, "ranking_store": 2, "fetch": 2, "plots": 2, "delta": 2, "estimate": 2,
     "export": 2, "notebook_html": 2,
-    "inference": 3, "training": 3,
+    "inference": 3, "training": 3, "ppo_maths": 3,
     "world_kg": 4, "world_dialogue": 4, "world": 4, "annotator": 4, "judges": 4, "api_judge": 4, "compare": 4,
     "text_metrics": 4, "corpus_stats": 4, "reward_report": 4,
     "base_model": 5, "pretrain": 5, "sft": 5, "evaluate": 5, "lessons": 5,
-    "reward": 6, "ppo": 6, "align": 6,
+    "reward": 6, "ppo": 6, "ppo_checkpoint": 6, "align": 6,
     "stages": 7,
     "ablations": 8, "align_sweep": 8, "kl_sweep": 8, "pipeline": 8,
     # __init__ is the package's front door: were it to re-export names, no module inside may import them from it

@@ -111,7 +111,7 @@ def test_masked_mean_by_row_with_one_token_and_with_none():
     """A row with one masked-in token averages over 1, an empty row gives 0 (mutant: clamp(min=1) -> min=2 on the
     per-row branch; test_ppo.py's rows have 2 and 3 tokens)."""
     import torch
-    from zj_utils.ppo import masked_mean
+    from zj_utils.ppo_maths import masked_mean
 
     x = torch.tensor([[3.0, 8.0, 8.0], [5.0, 8.0, 8.0]])
     m = torch.tensor([[1, 0, 0], [0, 0, 0]])
@@ -122,7 +122,7 @@ def test_whitening_constant_advantages_gives_zeros_not_nan():
     """All masked-in values equal (variance 0): whitening gives 0 there, finite (mutant: var + 1e-8 -> var - 1e-8,
     rsqrt of a negative number is NaN)."""
     import torch
-    from zj_utils.ppo import masked_whiten
+    from zj_utils.ppo_maths import masked_whiten
 
     x = torch.tensor([[0.7, 0.7, 0.7, 9.0]])
     m = torch.tensor([[1, 1, 1, 0]])
@@ -134,7 +134,8 @@ def test_gae_defaults_are_ppoconfigs_and_one_token_responses_work():
     """compute_gae's defaults are PPOConfig's (gamma 1, lam 0.95; mutants 1.0 -> 2.0, 0.95 -> 1.95), and a
     response of one token (R = 1) is fine (mutant: zeros_like(rewards[:, 0]) -> rewards[:, 1])."""
     import torch
-    from zj_utils.ppo import PPOConfig, compute_gae
+    from zj_utils.config import PPOConfig
+    from zj_utils.ppo_maths import compute_gae
 
     cfg = PPOConfig()
     assert (cfg.gamma, cfg.lam) == (1.0, 0.95)
@@ -151,7 +152,7 @@ def test_value_loss_clips_a_move_down_from_a_nonzero_old_value():
     """The clip is on new - old, both ways: test_ppo.py's old values are 0 and its moves are up, so new + old and
     clamp(.., +c, c) gave the same numbers (mutants: `new_values - old_values` -> `+`, `-cliprange_value` -> `+`)."""
     import torch
-    from zj_utils.ppo import value_loss
+    from zj_utils.ppo_maths import value_loss
 
     old = torch.tensor([[0.5, 0.5, 0.5]])
     new = torch.tensor([[1.0, 0.0, 0.6]])
@@ -169,7 +170,7 @@ def test_explained_variance_by_hand():
     import math
 
     import torch
-    from zj_utils.ppo import explained_variance
+    from zj_utils.ppo_maths import explained_variance
 
     ret = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     m = torch.tensor([[1, 1, 1, 0]])
@@ -187,7 +188,7 @@ def test_reward_norm_scales_scores_with_a_small_spread_and_shape_scores_defaults
     threshold -> 1.000001). shape_scores with its defaults returns the raw scores (mutants: gain 1.0 -> 2.0, bias
     0.0 -> 1.0; the PPO step always passes them)."""
     import torch
-    from zj_utils.ppo import fit_reward_norm, shape_scores
+    from zj_utils.ppo_maths import fit_reward_norm, shape_scores
 
     gain, bias = fit_reward_norm(torch.tensor([1.0, 2.0]))  # mean 1.5, population std 0.5
     assert (gain, bias) == pytest.approx((2.0, -3.0))
@@ -201,7 +202,7 @@ def test_values_are_read_from_the_last_hidden_state():
     was 0 whichever layer it read)."""
     import torch
     from test_ppo import make_policy, make_tokenizer
-    from zj_utils.ppo import ValueHead, compute_logprobs
+    from zj_utils.ppo_maths import ValueHead, compute_logprobs
 
     tok = make_tokenizer()
     policy = make_policy(tok, seed=0)

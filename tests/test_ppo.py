@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from determinism import deterministic  # noqa: F401 - a fixture
-from zj_utils.ppo import (
-    KLController, LOG_KEYS, PPOConfig, Rollout, ValueHead, compute_gae, compute_logprobs,
-    compute_rewards, entropy_from_logits, fit_reward_norm, generate_rollouts, kl_horizon, kl_penalty,
-    masked_mean, masked_whiten, policy_loss, render_prompts, score_responses, shape_scores, train_ppo, value_loss,
+from zj_utils.ppo import LOG_KEYS, PPOConfig, Rollout, generate_rollouts, render_prompts, score_responses, train_ppo
+from zj_utils.ppo_maths import (
+    KLController, ValueHead, compute_gae, compute_logprobs, compute_rewards, entropy_from_logits, fit_reward_norm,
+    kl_horizon, kl_penalty, masked_mean, masked_whiten, policy_loss, shape_scores, value_loss,
 )
 
 
@@ -569,11 +569,11 @@ def test_non_finite_minibatches_are_skipped_and_reported(tok, tmp_path):
 def test_cuda_rng_is_saved_and_restored(tok, tmp_path, monkeypatch):
     """The CUDA generators go into the checkpoint and come back on resume (faked here; the real thing runs in
     test_ppo_resume_on_cuda where a GPU is present)."""
-    import zj_utils.ppo as ppo_mod
+    import zj_utils.ppo_checkpoint as ckpt_mod
 
     states = {0: torch.tensor([1, 2, 3], dtype=torch.uint8), 1: torch.tensor([4, 5], dtype=torch.uint8)}
     restored = {}
-    monkeypatch.setattr(ppo_mod, "_cuda_devices", lambda: [0, 1])
+    monkeypatch.setattr(ckpt_mod, "_cuda_devices", lambda: [0, 1])
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [states[0], states[1]])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda st, i: restored.__setitem__(i, st.clone()))
     policy = make_policy(tok)
@@ -584,7 +584,7 @@ def test_cuda_rng_is_saved_and_restored(tok, tmp_path, monkeypatch):
     assert [t.tolist() for t in blob["cuda_rng"]] == [[1, 2, 3], [4, 5]]
     pol, vh = make_policy(tok), ValueHead(32)
     opt = torch.optim.AdamW([p for p in pol.parameters() if p.requires_grad] + list(vh.parameters()))
-    ppo_mod.load_checkpoint(tmp_path, pol, vh, opt, KLController(0.1), torch.Generator())
+    ckpt_mod.load_checkpoint(tmp_path, pol, vh, opt, KLController(0.1), torch.Generator())
     assert {i: t.tolist() for i, t in restored.items()} == {0: [1, 2, 3], 1: [4, 5]}
 
 
@@ -688,7 +688,7 @@ def test_logprobs_renormalise_without_the_tokens_generation_suppresses():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zj_utils.ppo import compute_logprobs
+    from zj_utils.ppo_maths import compute_logprobs
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -10,7 +10,8 @@ import torch
 import zj_utils.ppo as P
 from ppo_fixtures import HAS_EOS, PROMPTS, RESPONSES, fixed_rollout, length_reward, use_rollout
 from test_ppo import _threads, make_policy, make_tokenizer, tok  # noqa: F401 (fixtures: one thread count, one tokenizer)
-from zj_utils.ppo import KLController, PPOConfig, ValueHead
+from zj_utils.ppo import PPOConfig
+from zj_utils.ppo_maths import KLController, ValueHead
 
 
 def _cfg(**kw):

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import zj_utils.ppo as P
+import zj_utils.ppo_maths as M
 from ppo_fixtures import PROMPTS, RESPONSES, fixed_rollout, length_reward
 from test_ppo import _threads, make_counting_rm, make_policy, tiny_config, tok  # noqa: F401 (fixtures)
 from test_reward_inputs import CONVS, CHOSEN, REJECTED, chatml_tokenizer, spy_reward_model, tiny_tokenizer
@@ -181,7 +182,7 @@ def test_reward_model_plots(tmp_path):
 def _rollout_and_old(tok, policy, vh, cfg):
     ro = fixed_rollout(tok)
     with torch.no_grad():
-        old_logp, _, old_values = P.compute_logprobs(policy, ro.input_ids, ro.attention_mask,
+        old_logp, _, old_values = M.compute_logprobs(policy, ro.input_ids, ro.attention_mask,
                                                      ro.query_ids.shape[1], cfg.temperature, vh)
     return ro, old_logp, old_values
 
@@ -205,27 +206,27 @@ def test_ppo_step_on_a_given_rollout_then_the_ratio_the_next_epoch_sees(tok, mon
 
     monkeypatch.setattr(P, "generate_rollouts", no_sampling)
     cfg = P.PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=1, kl_coef=0.05, missing_eos_penalty=-1.0)
-    policy, vh = make_policy(tok), P.ValueHead(32)
+    policy, vh = make_policy(tok), M.ValueHead(32)
     ro, old_logp, old_values = _rollout_and_old(tok, policy, vh, cfg)
     mask = ro.response_mask.float()
-    scores = P.shape_scores(torch.tensor(length_reward(None, RESPONSES)), ro.has_eos, 1.0, 0.0, -1.0)
+    scores = M.shape_scores(torch.tensor(length_reward(None, RESPONSES)), ro.has_eos, 1.0, 0.0, -1.0)
     with torch.no_grad(), policy.disable_adapter():
-        ref_logp, _, _ = P.compute_logprobs(policy, ro.input_ids, ro.attention_mask, ro.query_ids.shape[1])
-    rewards, _ = P.compute_rewards(scores, old_logp, ref_logp, mask, cfg.kl_coef)
-    adv = P.masked_whiten(P.compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)[0], mask)
+        ref_logp, _, _ = M.compute_logprobs(policy, ro.input_ids, ro.attention_mask, ro.query_ids.shape[1])
+    rewards, _ = M.compute_rewards(scores, old_logp, ref_logp, mask, cfg.kl_coef)
+    adv = M.masked_whiten(M.compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)[0], mask)
 
     before = P.ratio_stats(policy, ro, old_logp, adv, cfg)
     assert before["max_ratio_change"] < 1e-5 and before["clipfrac"] == 0 and before["clipped"].sum() == 0
     params = [p for p in policy.parameters() if p.requires_grad] + list(vh.parameters())
     stats = P.ppo_step(policy, vh, torch.optim.AdamW(params, lr=3e-2), tok, None, ro.messages, cfg,
-                       P.KLController(cfg.kl_coef), torch.Generator().manual_seed(0), reward_fn=length_reward,
+                       M.KLController(cfg.kl_coef), torch.Generator().manual_seed(0), reward_fn=length_reward,
                        rollout=ro)
     assert stats["policy_clipfrac"] == 0 and stats["score"] == pytest.approx(sum(length_reward(None, RESPONSES)) / 4)
     after = P.ratio_stats(policy, ro, old_logp, adv, cfg)
     assert after["max_ratio_change"] > 0.05
-    loss, clipfrac, approx_kl = P.policy_loss(after["new_logp"], old_logp, adv, mask, cfg.cliprange)
+    loss, clipfrac, approx_kl = M.policy_loss(after["new_logp"], old_logp, adv, mask, cfg.cliprange)
     assert after["clipfrac"] == pytest.approx(float(clipfrac)) and after["policy_loss"] == pytest.approx(float(loss))
-    assert after["clipfrac"] == pytest.approx(float(P.masked_mean(after["clipped"], mask)))
+    assert after["clipfrac"] == pytest.approx(float(M.masked_mean(after["clipped"], mask)))
     torch.testing.assert_close(after["ratio"], torch.where(mask.bool(), (after["new_logp"] - old_logp).exp(),
                                                            torch.ones(())))
     # a token is clipped only outside [1 - eps, 1 + eps], on the side its advantage pushes toward

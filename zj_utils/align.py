@@ -155,7 +155,8 @@ def answer_logprobs(model, tokenizer, conversations: list[list[dict]], answers: 
     import torch
 
     from .common import pad_id
-    from .ppo import compute_logprobs, render_prompts
+    from .ppo import render_prompts
+    from .ppo_maths import compute_logprobs
 
     pad, dev = pad_id(tokenizer), next(model.parameters()).device
     model.eval()

@@ -109,7 +109,7 @@ def build_base(preset, out: str | Path, seed: int = 0) -> dict:
     # Every character of the world is a token of its own, so no training text ever holds a byte-fallback token:
     # the model never learns to produce one, yet at temperature 1 it samples them now and then, and a lone byte
     # decodes to U+FFFD. The generation config forbids them; every model built on this one inherits it, and PPO
-    # scores its samples under the same mask (ppo.compute_logprobs).
+    # scores its samples under the same mask (ppo_maths.compute_logprobs).
     model.generation_config.suppress_tokens = byte_fallback_ids(tokenizer)
     model.save_pretrained(d / "model", safe_serialization=True)
     tokenizer.save_pretrained(d / "model")
