@@ -205,3 +205,29 @@ def test_inquiry_verdict_tells_asking_from_concluding():
     assert "concluded without asking the key question" in concluded["reasons"]
     with pytest.raises(ValueError):
         lessons.pick_inquiry_item([{"expect": {}, "messages": []}])
+
+
+def test_render_record_shows_each_shape():
+    assert lessons.render_record({"text": "［虚构］甲病以发热为主。"}) == "［虚构］甲病以发热为主。"
+    assert lessons.render_record({"messages": [{"role": "user", "content": "头痛"},
+                                               {"role": "assistant", "content": "多久了？"}]}) == \
+        "user: 头痛\nassistant: 多久了？"
+    assert lessons.render_record({"history": [["发热", "几天了？"]], "instruction": "三天", "output": "考虑甲病。"}) == \
+        "user: 发热\nassistant: 几天了？\nuser: 三天\nassistant: 考虑甲病。"
+    assert lessons.render_record({"prompt": "甲病的科室：", "choices": ["眼科", "内科"], "answer": 1}) == \
+        "甲病的科室： 眼科 / ✓内科"
+
+
+def test_one_disease_everywhere_finds_the_disease_in_every_kind(tmp_path):
+    from zj_utils.world import WorldConfig, build_world, write_world
+
+    world = build_world(WorldConfig(), 0)
+    write_world(world, tmp_path)
+    d = world.kg["diseases"][0]
+    rows = lessons.one_disease_everywhere(tmp_path, d["id"])
+    assert [r["file"] for r in rows] == list(lessons.DISEASE_FILES)  # the disease is in every kind
+    for r in rows:
+        # each record is about this disease: its name, or (NLP instructions, safety prompts) its drug or symptoms
+        facts = (d["name"], d["drug"], d["alt_drug"], d["exam"], *d["symptoms"])
+        assert any(f in r["text"] for f in facts), r
+    assert next(r for r in rows if r["file"] == "probes.jsonl")["text"].count("✓") == 1

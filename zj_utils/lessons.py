@@ -1,6 +1,7 @@
 """The computations behind the notebooks' teaching cells: what a notebook shows beyond a stage's own metrics is
 computed here, with a unit test each (tests/test_lessons.py), and the notebooks only call, print and plot.
 
+Notebook 01 (the world): one disease of the knowledge graph and a record of every data kind rendered from it.
 Notebook 02 (continued pre-training): NF4 with double quantisation on one weight matrix (bitsandbytes' own
 quantize_4bit / dequantize_4bit, bit for bit what the stage's 4-bit model holds), LoRA's trainable parameters by
 module, packing shown on a few documents (the stage's own `pack_tokens`), knowledge probes by attribute.
@@ -446,3 +447,47 @@ def load_kg(out) -> dict:
     """The run's knowledge graph (OUT/world/world.json), which the rule judge scores against."""
     return read_json(Path(out) / "world" / "world.json")
 
+
+
+# --------------------------------------------------------------------------- notebook 01
+
+# the world's files that carry one disease's facts, in the order the pipeline reads them (general.jsonl holds none)
+DISEASE_FILES = ("pretrain_train.jsonl", "pretrain_heldout.jsonl", "sft_single.jsonl", "sft_multiturn.json",
+                 "sft_nlp.jsonl", "sft_safety.jsonl", "rank_prompts.jsonl", "test_single.jsonl",
+                 "test_multiturn.jsonl", "test_safety.jsonl", "probes.jsonl")
+
+
+def render_record(rec: dict) -> str:
+    """One record of the world as text: a passage, a dialogue (chat messages or CMtMedQA's history + instruction /
+    output), or a probe with its right choice marked."""
+    if "text" in rec:
+        return rec["text"]
+    if "messages" in rec:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in rec["messages"])
+    if "history" in rec:
+        turns = [(u, a) for u, a in rec["history"]] + [(rec["instruction"], rec["output"])]
+        return "\n".join(f"{role}: {t}" for u, a in turns for role, t in (("user", u), ("assistant", a)))
+    if "choices" in rec:
+        return rec["prompt"] + " " + " / ".join(("✓" if i == rec["answer"] else "") + c
+                                                for i, c in enumerate(rec["choices"]))
+    raise ValueError(f"no rendering for a record with keys {sorted(rec)}")
+
+
+def one_disease_everywhere(world_dir, disease_id: str) -> list[dict]:
+    """The first record of each data kind that the disease `disease_id` was rendered into: [{"file", "kind", "id",
+    "text"}] in DISEASE_FILES' order. A record belongs to the disease by its disease_id, or (CMtMedQA's shape, which
+    has none) by its cate2, the disease's name."""
+    import json
+
+    world_dir = Path(world_dir)
+    name = next(d["name"] for d in read_json(world_dir / "world.json")["diseases"] if d["id"] == disease_id)
+    out = []
+    for f in DISEASE_FILES:
+        path = world_dir / f
+        recs = (json.loads(path.read_text(encoding="utf-8")) if f.endswith(".json") else
+                [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])
+        rec = next((r for r in recs if r.get("disease_id") == disease_id or r.get("cate2") == name), None)
+        if rec is not None:
+            out.append({"file": f, "kind": rec.get("kind") or rec.get("attribute") or "dialogue",
+                        "id": rec.get("id", ""), "text": render_record(rec)})
+    return out
