@@ -38,6 +38,16 @@ def test_an_executed_notebook_becomes_a_page_with_its_outputs_and_figures(tmp_pa
     assert f"data:image/png;base64,{PNG.decode()}" in page  # embedded, the page stands alone
     index = (tmp_path / "html" / "README.md").read_text(encoding="utf-8")
     assert "[04_reward_model](04_reward_model.html)" in index and "preset `tiny`, seed 0" in index
+    # a second run (the ablations) rendered into the same folder joins the index; the first's line stays
+    abl = tmp_path / "tiny-ablations"
+    (abl / "notebooks").mkdir(parents=True)
+    (abl / "config.json").write_text(json.dumps({"preset": "tiny", "seeds": [0, 1, 2]}))
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 07")]),
+                   abl / "notebooks" / "07_ablations.ipynb")
+    render_notebooks(abl, tmp_path / "html", commit="abc1234")
+    index = (tmp_path / "html" / "README.md").read_text(encoding="utf-8").splitlines()
+    assert [line.split("]")[0] for line in index if line.startswith("- [")] == ["- [04_reward_model", "- [07_ablations"]
+    assert index[-1].endswith("preset `tiny`, seed [0, 1, 2], commit `abc1234`")
 
 
 def test_a_run_that_stopped_on_an_error_is_not_published(tmp_path):

@@ -19,8 +19,9 @@ def _commit(root: Path) -> str:
 
 def render_notebooks(run_dir, dest, commit: str | None = None) -> list[Path]:
     """Render RUN/notebooks/*.ipynb (as `zj reproduce` executed them) to DEST/<name>.html, images embedded, and
-    write DEST/README.md: one line per page with the run's preset, seed and headline numbers' source. Returns
-    the pages written. A notebook that stopped on an error is refused: a page must show a finished run."""
+    write DEST/README.md: one line per page (of this run and of any run rendered there before) with its run folder,
+    preset, seed and commit. Returns the pages written. A notebook that stopped on an error is refused: a page must
+    show a finished run."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -33,7 +34,9 @@ def render_notebooks(run_dir, dest, commit: str | None = None) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8")) if (
         run_dir / "config.json").exists() else {}
-    preset = (config.get("preset") or {}).get("name", "?")
+    preset = config.get("preset")
+    preset = preset.get("name", "?") if isinstance(preset, dict) else preset or "?"  # the ablations store the name
+    seed = config.get("seed", config.get("seeds", "?"))
     read = {path: nbformat.read(path, as_version=4) for path in books}
     for path, book in read.items():  # all checked before any page is written
         for i, cell in enumerate(book.cells):
@@ -47,10 +50,19 @@ def render_notebooks(run_dir, dest, commit: str | None = None) -> list[Path]:
         page = dest / f"{path.stem}.html"
         page.write_text(html, encoding="utf-8")
         pages.append(page)
-    lines = [f"# Executed notebooks of `{run_dir.name}`", "",
-             f"Rendered from `{run_dir}` (preset `{preset}`, seed {config.get('seed', '?')}) at commit "
-             f"`{commit or _commit(Path(__file__).resolve().parents[1])}` by `zj render-notebooks`. "
+    # DEST/sources.json: where each page came from, so that pages from several runs (the seed run, the ablations)
+    # share one index
+    sources_path = dest / "sources.json"
+    sources = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.exists() else {}
+    made = {"run": str(run_dir), "preset": preset, "seed": seed,
+            "commit": commit or _commit(Path(__file__).resolve().parents[1])}
+    sources.update({p.name: made for p in pages})
+    sources = {name: src for name, src in sorted(sources.items()) if (dest / name).exists()}
+    sources_path.write_text(json.dumps(sources, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    lines = ["# Executed notebooks", "",
+             "Rendered by `zj render-notebooks` from runs of `zj reproduce`: every output and figure as the run made it. "
              "Open a page in a browser; the sources in `notebooks/` are stored without outputs.", ""]
-    lines += [f"- [{p.stem}]({p.name})" for p in pages]
+    lines += [f"- [{Path(name).stem}]({name}): `{src['run']}`, preset `{src['preset']}`, seed {src['seed']}, "
+              f"commit `{src['commit']}`" for name, src in sources.items()]
     (dest / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return pages
