@@ -32,3 +32,25 @@ def test_margin_distribution_has_one_dot_per_prompt_at_its_margin():
     dots = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
     assert sorted(dots[:, 0].round(6).tolist()) == [-0.5, 0.75, 3.0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["contra_drug", "no_ask"]
+
+
+def test_without_a_cjk_font_one_warning_says_what_to_install(monkeypatch):
+    import warnings
+
+    import pytest
+
+    monkeypatch.setattr(plots, "CJK_FONTS", ("No Such CJK Font",))
+    monkeypatch.setattr(plots, "CJK_FONT_FILES", ("/nonexistent/NoSuchCJK.ttc",))
+    with warnings.catch_warnings():
+        with pytest.warns(UserWarning, match="install one"):
+            assert plots.use_cjk_font() is None
+
+
+def test_with_a_cjk_font_the_figures_use_it(monkeypatch):
+    from matplotlib import font_manager
+
+    name = font_manager.fontManager.ttflist[0].name  # any font matplotlib knows stands in for a CJK one
+    monkeypatch.setattr(plots, "CJK_FONTS", (name,))
+    monkeypatch.setitem(plots.plt.rcParams, "font.sans-serif", ["DejaVu Sans"])
+    assert plots.use_cjk_font() == name
+    assert plots.plt.rcParams["font.sans-serif"][0] == name

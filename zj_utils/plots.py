@@ -9,6 +9,44 @@ import matplotlib.pyplot as plt
 
 from .common import data_file
 
+CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "SimHei",
+             "Microsoft YaHei", "PingFang SC", "Heiti SC", "Noto Sans CJK JP")
+CJK_FONT_FILES = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+                  "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+                  "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc")
+
+
+def use_cjk_font() -> str | None:
+    """Labels are Chinese (departments, flaw names, the world's terms): draw them with a CJK font. Looks for one
+    matplotlib knows, then for Noto Sans CJK's file (Debian's fonts-noto-cjk, which `make browser` installs; a
+    matplotlib font cache made before it was installed does not list it). Without one, a single warning says what to
+    install, instead of one warning per missing glyph. Returns the font's name, or None."""
+    import warnings
+
+    from matplotlib import font_manager
+
+    known = {f.name for f in font_manager.fontManager.ttflist}
+    name = next((n for n in CJK_FONTS if n in known), None)
+    if name is None:
+        for path in CJK_FONT_FILES:
+            if Path(path).is_file():
+                font_manager.fontManager.addfont(path)
+                known = {f.name for f in font_manager.fontManager.ttflist}
+                name = next((n for n in CJK_FONTS if n in known), None)
+                break
+    if name is None:
+        warnings.warn("no CJK font found: Chinese labels in the figures will show as boxes; install one "
+                      "(e.g. apt-get install fonts-noto-cjk)", stacklevel=2)
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+        return None
+    plt.rcParams["font.sans-serif"] = [name, "DejaVu Sans"]
+    plt.rcParams["font.family"] = "sans-serif"
+    plt.rcParams["axes.unicode_minus"] = False  # CJK fonts often lack U+2212
+    return name
+
+
+use_cjk_font()
+
 # The paper's three shades for stacked win/tie/loss bars.
 WTL_COLORS = {"win": "#2f6db5", "tie": "#b9c7d9", "loss": "#d9822b"}
 
