@@ -248,3 +248,11 @@ def test_package_root_and_submodule_imports_resolve(tmp_path):
                               "b": ""})
     (pkg / "__init__.py").write_text("NAME = 1\n")
     assert set(import_graph(pkg)["a"]) == {"b", "__init__"}
+
+
+def test_the_readme_file_tree_lists_every_module_and_benchmark():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8").splitlines()
+    listed = {line.split()[0] for line in readme if line and not line.startswith((" ", "#", "|", "`", ">"))}
+    files = sorted(str(p.relative_to(root)) for d in ("zj_utils", "benchmarks") for p in (root / d).glob("*.py"))
+    assert [f for f in files if f not in listed] == []
