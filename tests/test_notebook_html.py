@@ -47,7 +47,7 @@ def test_an_executed_notebook_becomes_a_page_with_its_outputs_and_figures(tmp_pa
     render_notebooks(abl, tmp_path / "html", commit="abc1234")
     index = (tmp_path / "html" / "README.md").read_text(encoding="utf-8").splitlines()
     assert [line.split("]")[0] for line in index if line.startswith("- [")] == ["- [04_reward_model", "- [07_ablations"]
-    assert index[-1].endswith("preset `tiny`, seed [0, 1, 2], commit `abc1234`")
+    assert index[-1].endswith("preset `tiny`, seed [0, 1, 2], rendered at commit `abc1234`")
 
 
 def test_a_run_that_stopped_on_an_error_is_not_published(tmp_path):

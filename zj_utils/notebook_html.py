@@ -61,8 +61,9 @@ def render_notebooks(run_dir, dest, commit: str | None = None) -> list[Path]:
     sources_path.write_text(json.dumps(sources, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = ["# Executed notebooks", "",
              "Rendered by `zj render-notebooks` from runs of `zj reproduce`: every output and figure as the run made it. "
-             "Open a page in a browser; the sources in `notebooks/` are stored without outputs.", ""]
+             "Open a page in a browser; the sources in `notebooks/` are stored without outputs. The commit is the "
+             "one the pages were rendered at; the README says which code made each run.", ""]
     lines += [f"- [{Path(name).stem}]({name}): `{src['run']}`, preset `{src['preset']}`, seed {src['seed']}, "
-              f"commit `{src['commit']}`" for name, src in sources.items()]
+              f"rendered at commit `{src['commit']}`" for name, src in sources.items()]
     (dest / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return pages

@@ -266,14 +266,14 @@ def prepare_qlora(model, lora_spec, task_type: str = "CAUSAL_LM", quantized: boo
 
     from .common import lora_config
 
-    if quantized:
-        import warnings
+    import warnings
 
-        with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
-                                    category=FutureWarning)
+    with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                                category=FutureWarning)
+        if quantized:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, lora_config(lora_spec, task_type))
+        return get_peft_model(model, lora_config(lora_spec, task_type))
 
 
 def restore_adapter_dtype(model, preset) -> None:
