@@ -25,7 +25,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .common import ZJError, read_json, require, write_json
+from .common import ZJError, pad_id, read_json, require, write_json
 
 ENGINES = {
     "openrlhf": {
@@ -110,7 +110,7 @@ def _export_reward_model(src: Path, dst: Path, norm: dict | None) -> dict:
     tok = AutoTokenizer.from_pretrained(str(dst), trust_remote_code=False)
     pad = cfg.get("pad_token_id")
     if pad is None:
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_id(tok)
     cfg.update({"pad_token_id": pad, "num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
                 "value_head_prefix": "score"})
     if norm is not None:  # OpenRLHF: reward = (score - mean) / std when --reward.normalize_enable

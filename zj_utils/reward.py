@@ -12,6 +12,7 @@ from pathlib import Path
 from .common import (ZJError, atomic_write_jsonl, begin_stage, count_params, is_main_process, load_for_inference,
                      load_model, load_tokenizer, merge_adapter, read_json, require, set_seed, wait_for_everyone,
                      world_dir, write_metrics)
+from .common import pad_id as default_pad_id  # `pad_id` is a parameter name below
 from .data import load_jsonl
 from .rankings import (load_ranking_output, ranked_texts_to_ranks, to_preference_records, write_ranking_input,
                        write_ranking_output)
@@ -138,7 +139,7 @@ def reward_inputs(tokenizer, conversations: list[list[dict]], answers: list[str]
     if len(conversations) != len(answers):
         raise ValueError(f"{len(conversations)} conversations but {len(answers)} answers")
     if pad_id is None:
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_id = default_pad_id(tokenizer)
     seqs = [reward_ids(tokenizer, c, a) for c, a in zip(conversations, answers)]
     width = max(map(len, seqs), default=0)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -157,7 +158,7 @@ def reward_scores(model, tokenizer, conversations: list[list[dict]], answers: li
     dev = next(model.parameters()).device
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if cfg.pad_token_id is None:  # a sequence classifier cannot find the last token of a padded row without it
-        cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        cfg.pad_token_id = default_pad_id(tokenizer)
     out = []
     with torch.no_grad():
         for i in range(0, len(answers), batch_size):
@@ -368,8 +369,7 @@ def scored_token(tokenizer, messages: list[dict], answer: str, model=None) -> di
     ids = reward_ids(tokenizer, messages, answer)
     cfg = None if model is None else (model.config.get_text_config() if hasattr(model.config, "get_text_config")
                                       else model.config)
-    pad = cfg.pad_token_id if cfg is not None and cfg.pad_token_id is not None else (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    pad = cfg.pad_token_id if cfg is not None and cfg.pad_token_id is not None else default_pad_id(tokenizer)
     index = max((i for i, t in enumerate(ids) if t != pad), default=0)
     out = {"ids": ids, "tokens": [tokenizer.decode([t]) for t in ids], "index": index}
     if model is not None:
