@@ -42,6 +42,11 @@ def _cell(run: Path, cell: Path, init: str) -> None:
         link = cell / "base_init" / "merged"
         if not link.exists():
             link.symlink_to((run / "base" / "model").resolve(), target_is_directory=True)
+    _copy_rankings(run, cell)
+
+
+def _copy_rankings(run: Path, cell: Path) -> None:
+    """The run's sampled rankings into the cell's rm folder, where a resumed rm stage reads them back."""
     (cell / "rm").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "rm" / "sampled_rankings.jsonl", cell / "rm" / "sampled_rankings.jsonl")
 
@@ -68,8 +73,7 @@ def run_cells(run: Path, out: Path, fractions, inits, larger, seed: int, preset_
                 if not stage_done(cell / stage):
                     print(f"[rm curve] {name}: {stage}", file=sys.stderr, flush=True)
                     run_stage(stage, preset, cell, seed)
-            (cell / "rm").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run / "rm" / "sampled_rankings.jsonl", cell / "rm" / "sampled_rankings.jsonl")
+            _copy_rankings(run, cell)
         else:
             _cell(run, cell, init)
         print(f"[rm curve] {name}: rm", file=sys.stderr, flush=True)
